@@ -1,0 +1,304 @@
+"""Safetensors checkpoints read and written one tensor at a time.
+
+Every parameter-space operation in pastkit (skill-vector extraction, injection, cosine analysis) streams
+through this module, so peak memory is a few tensors, not a model: a 7B bf16 checkpoint (15 GB) is handled
+on a 24 GB machine. Files are parsed by hand (the format is an 8-byte header length, a JSON header and raw
+little-endian bytes) and read with plain `readinto`, not mmap, so resident memory stays bounded by the
+largest tensor and a truncated file is reported before any output is written. Pickle files are never
+opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit: a larger "header" means this is not safetensors
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHT_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+EMBEDDING_NAME = re.compile(r"(embed|lm_head|wte|word_embeddings)")
+
+
+class CheckpointError(ValueError):
+    """Bad input to a parameter-space operation; the message names the file and tensor at fault."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype, shape, absolute byte range."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse a safetensors header, checking every byte range lies inside the file (catches truncation)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        n = int.from_bytes(raw_len, "little") if len(raw_len) == 8 else -1
+        if n <= 0 or n > min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointError(f"{path}: not a safetensors file (bad header length; {size} bytes on disk)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    tensors = {}
+    for name, entry in header.items():
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            start, end = (8 + n + int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}") from None
+        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        if end - start != nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} spans {end - start} bytes but {shape} needs {nbytes}")
+        if end > size:
+            raise CheckpointError(
+                f"{path}: truncated: tensor {name!r} ends at byte {end} but the file has {size} bytes")
+        tensors[name] = TensorInfo(path, dtype, shape, start, end)
+    return tensors, metadata
+
+
+def read_tensor(info: TensorInfo) -> torch.Tensor:
+    """Read one tensor into fresh memory (no mmap, so nothing lingers in the resident set)."""
+    buf = torch.empty(info.end - info.start, dtype=torch.uint8)
+    with open(info.file, "rb") as f:
+        f.seek(info.start)
+        if f.readinto(buf.numpy()) != buf.numel():
+            raise CheckpointError(f"{info.file}: short read at byte {info.start} (file changed while reading?)")
+    return buf.view(info.dtype).reshape(info.shape)
+
+
+def write_safetensors(path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], produce,
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file whose tensors come one at a time from `produce(name)`.
+
+    The header is computed up front from `specs` (name, dtype, shape), so only one tensor is ever held.
+    """
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, dtype, shape in specs:
+        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, dtype, shape in specs:
+            t = produce(name)
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise AssertionError(f"{name}: produced {t.dtype}{tuple(t.shape)}, declared {dtype}{tuple(shape)}")
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+class TensorSource(Protocol):
+    """Anything that yields named tensors lazily: a checkpoint, a LoRA adapter's deltas, a skill vector."""
+
+    def keys(self) -> list[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+def check_finite(name: str, t: torch.Tensor, origin) -> torch.Tensor:
+    """Refuse NaN/Inf: a single bad value would silently poison every merged model downstream."""
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise CheckpointError(f"{origin}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf)")
+    return t
+
+
+class Checkpoint:
+    """A dense safetensors model: a file, a dir with model.safetensors, or a sharded dir with its index."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such file or directory")
+        self.index: dict | None = None
+        if self.path.is_file():
+            files = [self.path]
+        elif (self.path / INDEX_FILE).exists():
+            self.index = json.loads((self.path / INDEX_FILE).read_text())
+            files = [self.path / f for f in dict.fromkeys(self.index["weight_map"].values())]
+        elif (self.path / WEIGHT_FILE).exists():
+            files = [self.path / WEIGHT_FILE]
+        else:
+            pickles = sorted(p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickles:
+                raise CheckpointError(
+                    f"{self.path}: only pickle weights ({', '.join(pickles)}); pastkit never unpickles. "
+                    "Convert them once with a tool you trust (e.g. transformers save_pretrained) to safetensors.")
+            raise CheckpointError(f"{self.path}: no {WEIGHT_FILE} or {INDEX_FILE} found")
+        if self.path.is_file() and self.path.suffix in PICKLE_SUFFIXES:
+            raise CheckpointError(f"{self.path}: pickle file; pastkit only reads safetensors")
+        self.shards: list[tuple[str, list[str], dict[str, str]]] = []  # (file name, tensor names, metadata)
+        self.tensors: dict[str, TensorInfo] = {}
+        for f in files:
+            if not f.exists():
+                raise CheckpointError(f"{self.path}: index names shard {f.name}, which is missing")
+            infos, meta = read_header(f)
+            names = sorted(infos, key=lambda k: infos[k].start)
+            self.shards.append((f.name, names, meta))
+            self.tensors.update(infos)
+        if self.index is not None:
+            for name, shard in self.index["weight_map"].items():
+                if self.tensors.get(name) is None or self.tensors[name].file.name != shard:
+                    raise CheckpointError(f"{self.path}: index puts {name!r} in {shard}, but that shard lacks it")
+        config = self.path / "config.json" if self.path.is_dir() else None
+        self.config = json.loads(config.read_text()) if config and config.exists() else {}
+
+    def __repr__(self):
+        return f"Checkpoint({str(self.path)!r}, {len(self.tensors)} tensors)"
+
+    @property
+    def architecture(self) -> str | None:
+        return (self.config.get("architectures") or [None])[0]
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name].shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.tensors[name].dtype
+
+    def get(self, name: str) -> torch.Tensor:
+        return check_finite(name, read_tensor(self.tensors[name]), self.tensors[name].file)
+
+    def numel(self) -> int:
+        return sum(math.prod(i.shape) for i in self.tensors.values())
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's rank_pattern/alpha_pattern lookup: a key matches a module name suffix."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+class LoraAdapter:
+    """A peft LoRA adapter dir seen as dense deltas: ΔW = B·A·scaling, exactly what merge_and_unload adds.
+
+    scaling = alpha / r, or alpha / sqrt(r) with use_rslora; rank_pattern/alpha_pattern and fan_in_fan_out
+    are honoured. Keys are the base model's parameter names (e.g. `model.layers.0.self_attn.q_proj.weight`).
+    """
+
+    PREFIX = "base_model.model."
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        cfg_path = self.path / "adapter_config.json"
+        if not cfg_path.exists():
+            raise CheckpointError(f"{self.path}: not a peft adapter dir (no adapter_config.json)")
+        self.config = json.loads(cfg_path.read_text())
+        if self.config.get("peft_type") != "LORA":
+            raise CheckpointError(f"{self.path}: peft_type {self.config.get('peft_type')!r}; only LORA is supported")
+        if self.config.get("use_dora"):
+            raise CheckpointError(f"{self.path}: DoRA adapters have no fixed ΔW = B·A; not supported")
+        weights = self.path / "adapter_model.safetensors"
+        if not weights.exists():
+            raise CheckpointError(f"{self.path}: no adapter_model.safetensors (pickle adapters are never loaded)")
+        raw = Checkpoint(weights)
+        self._ab: dict[str, tuple[str, str, bool]] = {}  # param name -> (A key, B key, is_embedding)
+        for key in raw.keys():
+            m = re.fullmatch(r"(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.[^.]+)?\.weight", key) \
+                or re.fullmatch(r"(.+)\.(lora_embedding_A|lora_embedding_B)(\.[^.]+)?", key)
+            if not m:
+                raise CheckpointError(
+                    f"{weights}: tensor {key!r} is not a LoRA factor (modules_to_save/bias adapters are not supported)")
+            module = m.group(1).removeprefix(self.PREFIX)
+            is_emb = "embedding" in m.group(2)
+            a_key = key.replace(m.group(2), "lora_embedding_A" if is_emb else "lora_A")
+            b_key = key.replace(m.group(2), "lora_embedding_B" if is_emb else "lora_B")
+            if a_key not in raw.tensors or b_key not in raw.tensors:
+                raise CheckpointError(f"{weights}: {module} has only one of its two LoRA factors")
+            self._ab[f"{module}.weight"] = (a_key, b_key, is_emb)
+        self._raw = raw
+
+    def __repr__(self):
+        return f"LoraAdapter({str(self.path)!r}, {len(self._ab)} modules)"
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    def scaling(self, name: str) -> float:
+        module = name.removesuffix(".weight")
+        r = _pattern_value(self.config.get("rank_pattern"), module, self.config["r"])
+        alpha = _pattern_value(self.config.get("alpha_pattern"), module, self.config["lora_alpha"])
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    def keys(self) -> list[str]:
+        return list(self._ab)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        a_key, b_key, is_emb = self._ab[name]
+        a, b = self._raw.shape(a_key), self._raw.shape(b_key)
+        shape = (a[1], b[0]) if is_emb else (b[0], a[1])
+        return shape[::-1] if self.config.get("fan_in_fan_out") and not is_emb else shape
+
+    def get(self, name: str) -> torch.Tensor:
+        a_key, b_key, is_emb = self._ab[name]
+        a, b = self._raw.get(a_key).float(), self._raw.get(b_key).float()
+        delta = (b @ a) * self.scaling(name)
+        return delta.T if is_emb or self.config.get("fan_in_fan_out") else delta
+
+
+def is_adapter(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it replaces `path`, on any error it is removed.
+
+    Refuses an existing `path` unless force=True, before any work starts, so nothing is lost.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass force=True (CLI: --force) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+        _remove(old)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()

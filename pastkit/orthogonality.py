@@ -1,0 +1,90 @@
+"""Are two parameter updates orthogonal? (paper Sec. 3.2, Fig. 2; control in Appendix B, Fig. 4)
+
+For every tensor both deltas change, the Frobenius cosine ⟨ΔA, ΔB⟩_F / (‖ΔA‖_F‖ΔB‖_F), with norms and sizes,
+in one streaming pass. Beside each cosine stands the random-direction baseline 1/√n: the standard deviation
+of the cosine between two independent random directions in n dimensions. A measured |cos| of a few times
+1/√n or less is what chance gives; "near zero" only means something relative to it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import TensorSource
+from .skill_vector import open_delta
+
+# Column order of the heatmap: attention, MLP, then the two per-layer norms (Llama/Qwen naming).
+MODULE_ORDER = ["q", "k", "v", "o", "gate", "up", "down", "attn_norm", "mlp_norm"]
+_MODULE_ALIASES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm",
+                   "embed_tokens": "embed", "lm_head": "lm_head", "norm": "final_norm"}
+
+
+def locate(name: str) -> tuple[int | None, str]:
+    """(layer index or None, short module name) for a parameter name like model.layers.3.mlp.up_proj.weight."""
+    m = re.search(r"layers\.(\d+)\.", name)
+    parts = name.removesuffix(".weight").removesuffix(".bias").split(".")
+    module = _MODULE_ALIASES.get(parts[-1], parts[-1].removesuffix("_proj"))
+    if name.endswith(".bias"):
+        module += ".bias"
+    return (int(m.group(1)) if m else None), module
+
+
+def cosine_table(delta_a: TensorSource, delta_b: TensorSource) -> pd.DataFrame:
+    """One row per tensor both deltas hold: layer, module, n, ‖ΔA‖, ‖ΔB‖, cos, random baseline 1/√n."""
+    common = [k for k in delta_a.keys() if k in set(delta_b.keys())]
+    if not common:
+        raise ValueError("the two deltas share no tensor names; are they from the same architecture?")
+    rows = []
+    for name in tqdm(common, desc="cosine", unit="tensor", leave=False):
+        a, b = delta_a.get(name).float(), delta_b.get(name).float()
+        if a.shape != b.shape:
+            raise ValueError(f"tensor {name!r}: delta shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+        dot = (a * b).sum(dtype=torch.float64).item()
+        na = a.pow(2).sum(dtype=torch.float64).sqrt().item()
+        nb = b.pow(2).sum(dtype=torch.float64).sqrt().item()
+        layer, module = locate(name)
+        n = a.numel()
+        rows.append({"tensor": name, "layer": layer, "module": module, "n": n, "norm_a": na, "norm_b": nb,
+                     "cos": dot / (na * nb) if na > 0 and nb > 0 else float("nan"),
+                     "random_baseline": 1 / math.sqrt(n)})
+    return pd.DataFrame(rows)
+
+
+def cosine_between(a, b, base=None, vocab: str = "error") -> pd.DataFrame:
+    """cosine_table for two fine-tuned models (with their base) or two deltas (vectors or adapters)."""
+    return cosine_table(open_delta(a, base, vocab), open_delta(b, base, vocab))
+
+
+def summarize(table: pd.DataFrame, pair: str) -> dict:
+    """One line per pair: mean and max |cos| over tensors, beside the mean random baseline."""
+    c = table["cos"].abs()
+    return {"pair": pair, "tensors": len(table), "mean_abs_cos": c.mean(), "max_abs_cos": c.max(),
+            "random_baseline": table["random_baseline"].mean(),
+            "mean_abs_cos_over_baseline": (c / table["random_baseline"]).mean()}
+
+
+def heatmap(table: pd.DataFrame, title: str, ax=None, vmax: float | None = None):
+    """Layers × modules heatmap of cos (paper Fig. 2 style): diverging colormap centred at 0."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    layered = table[table["layer"].notna() & ~table["module"].str.endswith(".bias")]
+    grid = layered.pivot_table(index="layer", columns="module", values="cos", aggfunc="first")
+    grid = grid[[m for m in MODULE_ORDER if m in grid.columns] + sorted(set(grid.columns) - set(MODULE_ORDER))]
+    grid.index = grid.index.astype(int)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.0 + 0.7 * grid.shape[1], 1.2 + 0.28 * grid.shape[0]))
+    lim = vmax or max(float(grid.abs().max().max()), 1e-6)
+    sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, annot=grid.shape[0] <= 12,
+                fmt=".2f", cbar_kws={"label": "cosine similarity"}, linewidths=0.3)
+    base = table["random_baseline"].mean()
+    ax.set_title(f"{title}\nmean |cos| = {table['cos'].abs().mean():.3g}   (random 1/√n ≈ {base:.1g})",
+                 fontsize=10)
+    ax.set_xlabel("module")
+    ax.set_ylabel("layer")
+    return ax

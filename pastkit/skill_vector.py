@@ -1,0 +1,307 @@
+"""The skill vector v = θ_rl − θ_sft (paper Sec. 4.2) and its injection θ_T + λ·v.
+
+A `SkillVector` is small and arithmetic, in the spirit of task_vectors: add, negate, scale, save, load,
+apply. It is lazy: arithmetic builds a linear combination of tensor sources and nothing is read until
+`save` or `apply_to` streams it one tensor at a time (see `checkpoint`). Arithmetic is done in fp32;
+injected weights are written in the target model's dtype and keep its sharding and index file.
+
+Vocabulary-size mismatches (e.g. Qwen2.5's 152064 padded rows vs a 151665-row checkpoint) are refused by
+default. With vocab="overlap" the embedding/lm_head rows both sides share are combined and the target's
+extra rows are left unchanged (they carry no skill delta: no source trained them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import (EMBEDDING_NAME, INDEX_FILE, Checkpoint, CheckpointError, LoraAdapter, TensorSource,
+                         atomic_output, check_finite, is_adapter, write_safetensors)
+
+VOCAB_POLICIES = ("error", "overlap")
+META_KEY = "pastkit"
+
+
+def _finite_scalar(x, what: str) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {x!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{what} must be finite, got {x}")
+    return x
+
+
+def _row_overlap(name: str, a: tuple, b: tuple, vocab: str, what: str) -> tuple | None:
+    """Shape both sides agree on, or an error naming the tensor. Row-only differences of embeddings may overlap."""
+    if a == b:
+        return a
+    if len(a) == len(b) and a[1:] == b[1:] and EMBEDDING_NAME.search(name):
+        if vocab == "overlap":
+            return (min(a[0], b[0]),) + a[1:]
+        raise CheckpointError(
+            f"{what}: tensor {name!r} has {a[0]} vs {b[0]} vocabulary rows; pass vocab='overlap' "
+            "(CLI: --vocab overlap) to combine the shared rows and keep the extra ones unchanged")
+    raise CheckpointError(f"{what}: tensor {name!r} has shape {a} vs {b}")
+
+
+class LinearCombination:
+    """Σ cᵢ·sourceᵢ, evaluated per tensor in fp32.
+
+    strict: every source must hold exactly the same tensors (dense checkpoints of one architecture).
+    Otherwise sources may be sparse (LoRA deltas, sparse vectors): a missing tensor counts as zero.
+    """
+
+    def __init__(self, terms: list[tuple[float, TensorSource]], strict: bool, vocab: str = "error"):
+        if vocab not in VOCAB_POLICIES:
+            raise ValueError(f"vocab must be one of {VOCAB_POLICIES}, got {vocab!r}")
+        self.terms = terms
+        self._shapes: dict[str, tuple] = {}
+        first = terms[0][1]
+        for _, src in terms:
+            if strict and set(src.keys()) != set(first.keys()):
+                missing = sorted(set(first.keys()) - set(src.keys()))
+                extra = sorted(set(src.keys()) - set(first.keys()))
+                raise CheckpointError(
+                    f"{src!r} vs {first!r}: different tensors (missing {missing[:3]}, extra {extra[:3]}"
+                    f"{', ...' if len(missing) + len(extra) > 6 else ''}); are these the same architecture?")
+            for name in src.keys():
+                shape = tuple(src.shape(name))
+                self._shapes[name] = _row_overlap(name, self._shapes.get(name, shape), shape, vocab, repr(src))
+
+    def keys(self) -> list[str]:
+        return list(self._shapes)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        rows = self._shapes[name][0] if self._shapes[name] else None
+        out = torch.zeros(self._shapes[name], dtype=torch.float32)
+        for coef, src in self.terms:
+            if name in src.keys():
+                t = src.get(name).float()
+                out += coef * (t[:rows] if t.dim() else t)
+        return out
+
+
+class DenseWithAdapter:
+    """base + LoRA ΔW: a peft adapter dir seen as the full fine-tuned model it stands for."""
+
+    def __init__(self, base: Checkpoint, adapter: LoraAdapter):
+        for name in adapter.keys():
+            if name not in base.tensors:
+                raise CheckpointError(f"{adapter!r}: adapts {name!r}, which base {base!r} does not have")
+            if tuple(adapter.shape(name)) != tuple(base.shape(name)):
+                raise CheckpointError(
+                    f"{adapter!r}: ΔW for {name!r} is {adapter.shape(name)}, base has {base.shape(name)}")
+        self.base, self.adapter = base, adapter
+        self.path, self.config, self.shards = adapter.path, base.config, base.shards
+        self.architecture, self.dtype, self.tensors = base.architecture, base.dtype, base.tensors
+
+    def __repr__(self):
+        return f"{self.adapter!r} on {self.base!r}"
+
+    def keys(self):
+        return self.base.keys()
+
+    def shape(self, name):
+        return self.base.shape(name)
+
+    def get(self, name):
+        w = self.base.get(name)
+        return w.float() + self.adapter.get(name) if name in self.adapter.keys() else w
+
+
+def open_model(path, base=None) -> Checkpoint | DenseWithAdapter:
+    """A full model from a checkpoint dir/file, or from a peft adapter dir plus its base model."""
+    if is_adapter(path):
+        adapter = LoraAdapter(path)
+        base = base or adapter.base_model
+        if not base or not Path(base).exists():
+            raise CheckpointError(f"{path}: a LoRA adapter needs its base model: pass base= (CLI: --base DIR)")
+        return DenseWithAdapter(Checkpoint(base), adapter)
+    return Checkpoint(path)
+
+
+def open_delta(path, base=None, vocab: str = "error") -> TensorSource:
+    """ΔW of a fine-tuned model: adapter dirs are deltas already; dense models need base; files are vectors."""
+    if is_adapter(path):
+        return LoraAdapter(path)
+    ckpt = Checkpoint(path)
+    if META_KEY in _file_metadata(ckpt):
+        return ckpt  # a saved skill vector is itself a delta
+    if base is None:
+        raise CheckpointError(f"{path}: a dense checkpoint is weights, not a delta; pass its base model")
+    return LinearCombination([(1.0, ckpt), (-1.0, Checkpoint(base))], strict=True, vocab=vocab)
+
+
+def _file_metadata(ckpt: Checkpoint) -> dict:
+    return ckpt.shards[0][2] if len(ckpt.shards) == 1 else {}
+
+
+def _describe(path) -> dict:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    return {"path": str(path), "architecture": (cfg.get("architectures") or [None])[0],
+            "model_type": cfg.get("model_type"), "adapter": is_adapter(path)}
+
+
+class SkillVector:
+    """A parameter delta with provenance. `v = SkillVector.extract(rl, sft)`; `v.apply_to(model, out, lam=1)`."""
+
+    def __init__(self, source: TensorSource, meta: dict):
+        self.source, self.meta = source, meta
+
+    def __repr__(self):
+        return f"SkillVector({self.meta.get('formula', '?')}, {len(self.keys())} tensors, {self.numel():,} params)"
+
+    @classmethod
+    def extract(cls, rl, sft, base=None, vocab: str = "error") -> "SkillVector":
+        """v = θ_rl − θ_sft. Two adapters over one base need no base; a dense/adapter mix needs `base`."""
+        if is_adapter(rl) and is_adapter(sft):
+            source = LinearCombination([(1.0, LoraAdapter(rl)), (-1.0, LoraAdapter(sft))], strict=False)
+        else:
+            a, b = open_model(rl, base), open_model(sft, base)
+            if a.architecture and b.architecture and a.architecture != b.architecture:
+                raise CheckpointError(f"rl is {a.architecture} but sft is {b.architecture}: not the same model")
+            source = LinearCombination([(1.0, a), (-1.0, b)], strict=True, vocab=vocab)
+        rl_d = _describe(rl)
+        meta = {"formula": "rl - sft", "rl": rl_d, "sft": _describe(sft), "base": str(base) if base else None,
+                "architecture": rl_d["architecture"] or _describe(sft)["architecture"]}
+        return cls(source, meta)
+
+    @classmethod
+    def load(cls, path) -> "SkillVector":
+        ckpt = Checkpoint(path)
+        meta = _file_metadata(ckpt).get(META_KEY)
+        return cls(ckpt, json.loads(meta) if meta else {"formula": str(path)})
+
+    def keys(self) -> list[str]:
+        return self.source.keys()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.source.get(name).float()
+
+    def numel(self) -> int:
+        return sum(math.prod(self.shape(k)) for k in self.keys())
+
+    def __add__(self, other: "SkillVector") -> "SkillVector":
+        if not isinstance(other, SkillVector):
+            return NotImplemented
+        return SkillVector(LinearCombination([(1.0, self.source), (1.0, other.source)], strict=False),
+                           {"formula": f"({self.meta.get('formula')}) + ({other.meta.get('formula')})",
+                            "terms": [self.meta, other.meta], "architecture": self.meta.get("architecture")})
+
+    def __radd__(self, other):
+        return self if other == 0 else self.__add__(other)  # so sum([v1, v2]) works
+
+    def __mul__(self, c) -> "SkillVector":
+        c = _finite_scalar(c, "scale")
+        return SkillVector(LinearCombination([(c, self.source)], strict=False),
+                           {**self.meta, "formula": f"{c:g} * ({self.meta.get('formula')})"})
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "SkillVector":
+        return self * -1.0
+
+    def __sub__(self, other: "SkillVector") -> "SkillVector":
+        return self + (-other)
+
+    def save(self, path, dtype: torch.dtype = torch.float32, force: bool = False) -> Path:
+        """Stream the vector to one safetensors file with provenance metadata (fp32 by default: exact)."""
+        names = self.keys()
+        meta = {**self.meta, "dtype": str(dtype).removeprefix("torch."), "n_tensors": len(names),
+                "n_params": self.numel(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "pastkit_version": __version__}
+        bar = tqdm(total=len(names), desc="skill vector", unit="tensor", leave=False)
+
+        def produce(name):
+            bar.update()
+            return check_finite(name, self.get(name), "skill vector").to(dtype)
+
+        with atomic_output(path, force) as tmp:
+            write_safetensors(tmp, [(n, dtype, self.shape(n)) for n in names], produce,
+                              {META_KEY: json.dumps(meta), "format": "pt"})
+        bar.close()
+        self.meta = meta
+        return Path(path)
+
+    def apply_to(self, model, out, lam: float = 1.0, base=None, force: bool = False,
+                 vocab: str = "error") -> Path:
+        """Write θ_model + lam·v to `out` (see `inject`)."""
+        return inject(model, self, out, lam=lam, base=base, force=force, vocab=vocab)
+
+
+def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0, base=None,
+           force: bool = False, vocab: str = "error") -> Path:
+    """θ_final = θ_T + λ·v (paper Sec. 4.2), streamed shard by shard into a new model dir.
+
+    Tensors the vector does not hold are copied unchanged; a vector tensor the model lacks is an error.
+    The output keeps the model's shard files and index, its config and tokenizer, and records provenance
+    in pastkit_provenance.json. Nothing is left at `out` if anything fails.
+    """
+    lam = _finite_scalar(lam, "lam")
+    if vocab not in VOCAB_POLICIES:
+        raise ValueError(f"vocab must be one of {VOCAB_POLICIES}, got {vocab!r}")
+    v = vector if isinstance(vector, SkillVector) else SkillVector.load(vector)
+    target = open_model(model, base)
+    if not Path(target.path).is_dir():
+        raise CheckpointError(f"{model}: inject needs a model dir (config + weights), not a single file")
+    arch = v.meta.get("architecture")
+    if arch and target.architecture and arch != target.architecture:
+        raise CheckpointError(f"vector was extracted from {arch} but {model} is {target.architecture}")
+    for name in v.keys():
+        if name not in target.tensors:
+            raise CheckpointError(f"{model}: has no tensor {name!r}, which the skill vector changes")
+        _row_overlap(name, tuple(target.shape(name)), tuple(v.shape(name)), vocab, str(model))
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass force=True (CLI: --force) to replace it")
+    vkeys = set(v.keys())
+    bar = tqdm(total=len(target.tensors), desc=f"inject λ={lam:g}", unit="tensor", leave=False)
+
+    def produce(name):
+        bar.update()
+        w = target.get(name)
+        if name not in vkeys:
+            return w
+        merged = w.float()
+        delta = v.get(name)
+        rows = min(merged.shape[0], delta.shape[0]) if merged.dim() else None
+        if rows is None:
+            merged += lam * delta
+        else:
+            merged[:rows] += lam * delta[:rows]
+        return check_finite(name, merged, f"θ_T + {lam:g}·v").to(w.dtype)
+
+    src_dir = Path(base) if isinstance(target, DenseWithAdapter) else Path(target.path)
+    with atomic_output(out, force) as tmp:
+        tmp.mkdir()
+        for f in src_dir.iterdir():  # config, tokenizer, generation config: everything but the weights
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name != INDEX_FILE:
+                shutil.copy2(f, tmp / f.name)
+        for shard, names, meta in target.shards:
+            specs = [(n, target.tensors[n].dtype, target.shape(n)) for n in names]
+            write_safetensors(tmp / shard, specs, produce, meta)
+        index = src_dir / INDEX_FILE
+        if index.exists():
+            shutil.copy2(index, tmp / INDEX_FILE)
+        provenance = {"operation": "inject", "model": str(model), "base": str(base) if base else None,
+                      "lam": lam, "vector": v.meta, "pastkit_version": __version__}
+        (tmp / "pastkit_provenance.json").write_text(json.dumps(provenance, indent=2))
+    bar.close()
+    return out

@@ -1,0 +1,72 @@
+"""Per-tensor cosine between two updates equals a direct computation; heatmap and CLI write their files."""
+
+import math
+
+import pandas as pd
+import torch
+from conftest import llama_like, save_ckpt
+
+from pastkit.cli import main
+from pastkit.orthogonality import cosine_between, heatmap, locate, summarize
+
+
+def test_cosine_table_matches_direct_computation(tmp_path):
+    base = llama_like(0)
+    da = {k: torch.randn_like(t) for k, t in base.items()}
+    db = {k: torch.randn_like(t) for k, t in base.items()}
+    db["model.layers.0.self_attn.q_proj.weight"] = 3 * da["model.layers.0.self_attn.q_proj.weight"]
+    db["model.layers.1.mlp.down_proj.weight"] = -da["model.layers.1.mlp.down_proj.weight"]
+    b = save_ckpt(tmp_path / "base", base)
+    a_dir = save_ckpt(tmp_path / "a", {k: base[k] + da[k] for k in base}, shards=2)
+    b_dir = save_ckpt(tmp_path / "b", {k: base[k] + db[k] for k in base}, shards=3)
+    table = cosine_between(a_dir, b_dir, base=b).set_index("tensor")
+    for k in base:
+        x, y = (a_dir_t := da[k].double()), db[k].double()
+        want = float((x * y).sum() / (x.norm() * y.norm()))
+        ta = (base[k] + da[k]) - base[k]  # what the checkpoint delta really is in fp32
+        tb = (base[k] + db[k]) - base[k]
+        exact = float((ta.double() * tb.double()).sum() / (ta.double().norm() * tb.double().norm()))
+        assert math.isclose(table.loc[k, "cos"], exact, rel_tol=1e-6, abs_tol=1e-9), k
+        assert abs(table.loc[k, "cos"] - want) < 1e-4
+        assert table.loc[k, "random_baseline"] == 1 / math.sqrt(a_dir_t.numel())
+    assert math.isclose(table.loc["model.layers.0.self_attn.q_proj.weight", "cos"], 1.0, rel_tol=1e-5)
+    assert math.isclose(table.loc["model.layers.1.mlp.down_proj.weight", "cos"], -1.0, rel_tol=1e-5)
+    assert table.loc["model.layers.1.mlp.down_proj.weight", "module"] == "down"
+    assert table.loc["model.layers.1.post_attention_layernorm.weight", "module"] == "mlp_norm"
+    s = summarize(table.reset_index(), "a vs b")
+    assert s["max_abs_cos"] > 0.999 and s["tensors"] == len(base)
+
+
+def test_locate_names():
+    assert locate("model.layers.12.self_attn.k_proj.weight") == (12, "k")
+    assert locate("model.layers.3.self_attn.q_proj.bias") == (3, "q.bias")
+    assert locate("model.embed_tokens.weight") == (None, "embed")
+    assert locate("model.norm.weight") == (None, "final_norm")
+
+
+def test_cli_cosine_writes_csv_and_heatmap(tmp_path):
+    base = llama_like(0)
+    b = save_ckpt(tmp_path / "base", base)
+    a = save_ckpt(tmp_path / "a", {k: t + torch.randn_like(t) for k, t in base.items()})
+    c = save_ckpt(tmp_path / "c", {k: t + torch.randn_like(t) for k, t in base.items()})
+    assert main(["cosine", "--base", str(b), str(a), str(c), "-o", str(tmp_path / "t.csv"),
+                 "--heatmap", str(tmp_path / "h.png")]) == 0
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert len(table) == len(base) and table["cos"].abs().max() < 0.5
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    # two saved vectors are deltas already: no base needed
+    assert main(["vector", "extract", "--rl", str(a), "--sft", str(b), "-o", str(tmp_path / "va.safetensors")]) == 0
+    assert main(["cosine", str(tmp_path / "va.safetensors"), str(tmp_path / "va.safetensors"),
+                 "-o", str(tmp_path / "self.csv")]) == 0
+    assert (pd.read_csv(tmp_path / "self.csv")["cos"] - 1).abs().max() < 1e-5
+
+
+def test_heatmap_axes(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = [{"tensor": f"model.layers.{i}.mlp.{m}_proj.weight", "layer": i, "module": m, "n": 100,
+             "norm_a": 1.0, "norm_b": 1.0, "cos": 0.1 * i, "random_baseline": 0.1}
+            for i in range(3) for m in ("up", "gate")]
+    ax = heatmap(pd.DataFrame(rows), "test")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["gate", "up"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
