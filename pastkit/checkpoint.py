@@ -123,11 +123,18 @@ class TensorSource(Protocol):
     def get(self, name: str) -> torch.Tensor: ...
 
 
-def check_finite(name: str, t: torch.Tensor, origin) -> torch.Tensor:
-    """Refuse NaN/Inf: a single bad value would silently poison every merged model downstream."""
+def check_finite(name: str, t: torch.Tensor, inputs: list) -> torch.Tensor:
+    """Refuse NaN/Inf in an output tensor, naming the input it came from.
+
+    Only outputs are checked on the fast path (a NaN or Inf in any input propagates to the output);
+    the inputs are re-read only to say which one is at fault.
+    """
     if t.is_floating_point() and not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).sum())
-        raise CheckpointError(f"{origin}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf)")
+        for src in inputs:
+            if name in src.keys() and not torch.isfinite(src.get(name).float()).all():
+                bad = int((~torch.isfinite(src.get(name).float())).sum())
+                raise CheckpointError(f"{src!r}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf)")
+        raise CheckpointError(f"tensor {name!r}: the result is non-finite (overflow?)")
     return t
 
 
@@ -188,7 +195,7 @@ class Checkpoint:
         return self.tensors[name].dtype
 
     def get(self, name: str) -> torch.Tensor:
-        return check_finite(name, read_tensor(self.tensors[name]), self.tensors[name].file)
+        return read_tensor(self.tensors[name])
 
     def numel(self) -> int:
         return sum(math.prod(i.shape) for i in self.tensors.values())

@@ -64,6 +64,7 @@ class LinearCombination:
         if vocab not in VOCAB_POLICIES:
             raise ValueError(f"vocab must be one of {VOCAB_POLICIES}, got {vocab!r}")
         self.terms = terms
+        self._keysets = [set(src.keys()) for _, src in terms]
         self._shapes: dict[str, tuple] = {}
         first = terms[0][1]
         for _, src in terms:
@@ -85,12 +86,20 @@ class LinearCombination:
 
     def get(self, name: str) -> torch.Tensor:
         rows = self._shapes[name][0] if self._shapes[name] else None
-        out = torch.zeros(self._shapes[name], dtype=torch.float32)
-        for coef, src in self.terms:
-            if name in src.keys():
-                t = src.get(name).float()
-                out += coef * (t[:rows] if t.dim() else t)
-        return out
+        out = None
+        for (coef, src), keys in zip(self.terms, self._keysets):
+            if name in keys:
+                t = src.get(name)
+                t = t[:rows] if t.dim() else t
+                if out is None:
+                    out = t.float() * coef if coef != 1.0 or t.dtype != torch.float32 else t
+                else:
+                    out.add_(t, alpha=coef)
+        return out if out is not None else torch.zeros(self._shapes[name])
+
+    def inputs(self) -> list:
+        """The checkpoints this combination reads, to name the culprit when a result is non-finite."""
+        return [s for _, src in self.terms for s in (src.inputs() if hasattr(src, "inputs") else [src])]
 
 
 class DenseWithAdapter:
@@ -142,6 +151,10 @@ def open_delta(path, base=None, vocab: str = "error") -> TensorSource:
     if base is None:
         raise CheckpointError(f"{path}: a dense checkpoint is weights, not a delta; pass its base model")
     return LinearCombination([(1.0, ckpt), (-1.0, Checkpoint(base))], strict=True, vocab=vocab)
+
+
+def _inputs(source) -> list:
+    return source.inputs() if hasattr(source, "inputs") else [source]
 
 
 def _file_metadata(ckpt: Checkpoint) -> dict:
@@ -231,7 +244,7 @@ class SkillVector:
 
         def produce(name):
             bar.update()
-            return check_finite(name, self.get(name), "skill vector").to(dtype)
+            return check_finite(name, self.get(name), _inputs(self.source)).to(dtype)
 
         with atomic_output(path, force) as tmp:
             write_safetensors(tmp, [(n, dtype, self.shape(n)) for n in names], produce,
@@ -278,15 +291,15 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
         bar.update()
         w = target.get(name)
         if name not in vkeys:
-            return w
+            return check_finite(name, w, [target])
         merged = w.float()
         delta = v.get(name)
-        rows = min(merged.shape[0], delta.shape[0]) if merged.dim() else None
-        if rows is None:
-            merged += lam * delta
+        if merged.dim():
+            rows = min(merged.shape[0], delta.shape[0])
+            merged[:rows].add_(delta[:rows], alpha=lam)
         else:
-            merged[:rows] += lam * delta[:rows]
-        return check_finite(name, merged, f"θ_T + {lam:g}·v").to(w.dtype)
+            merged.add_(delta, alpha=lam)
+        return check_finite(name, merged, [target] + _inputs(v.source)).to(w.dtype)
 
     src_dir = Path(base) if isinstance(target, DenseWithAdapter) else Path(target.path)
     with atomic_output(out, force) as tmp:
