@@ -31,7 +31,7 @@ def make_synthetic(root: Path) -> dict[str, Path]:
 
     cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=20,
                       num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
-                      torch_dtype="bfloat16")
+                      torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
     names = {"model.embed_tokens.weight": (32000, 2048), "lm_head.weight": (32000, 2048),
              "model.norm.weight": (2048,)}
     for i in range(cfg.num_hidden_layers):
@@ -45,6 +45,7 @@ def make_synthetic(root: Path) -> dict[str, Path]:
         path = root / role
         paths[role] = path
         if (path / "config.json").exists():
+            cfg.save_pretrained(path)
             continue
         g = torch.Generator().manual_seed(seed)
         noise = torch.Generator().manual_seed(99)

@@ -129,7 +129,9 @@ def check_finite(name: str, t: torch.Tensor, inputs: list) -> torch.Tensor:
     Only outputs are checked on the fast path (a NaN or Inf in any input propagates to the output);
     the inputs are re-read only to say which one is at fault.
     """
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    # A sum is finite only if every element is (NaN/Inf propagate): one fast reduction, no bool tensor.
+    # A finite tensor whose sum overflows falls through to the exact element check.
+    if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         for src in inputs:
             if name in src.keys() and not torch.isfinite(src.get(name).float()).all():
                 bad = int((~torch.isfinite(src.get(name).float())).sum())

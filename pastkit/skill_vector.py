@@ -244,7 +244,7 @@ class SkillVector:
 
         def produce(name):
             bar.update()
-            return check_finite(name, self.get(name), _inputs(self.source)).to(dtype)
+            return check_finite(name, self.get(name).to(dtype), _inputs(self.source))
 
         with atomic_output(path, force) as tmp:
             write_safetensors(tmp, [(n, dtype, self.shape(n)) for n in names], produce,
@@ -299,7 +299,7 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
             merged[:rows].add_(delta[:rows], alpha=lam)
         else:
             merged.add_(delta, alpha=lam)
-        return check_finite(name, merged, [target] + _inputs(v.source)).to(w.dtype)
+        return check_finite(name, merged.to(w.dtype), [target] + _inputs(v.source))
 
     src_dir = Path(base) if isinstance(target, DenseWithAdapter) else Path(target.path)
     with atomic_output(out, force) as tmp:
