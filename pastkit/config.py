@@ -25,7 +25,7 @@ class SquadParams:
     profile: str = "cpu"                        # label recorded with every result; picks the figures folder
     model: str = "smollm2-135m-instruct"        # embedded name, "tiny-random", a local HF dir, or a hub id
     seeds: list = field(default_factory=lambda: [0])  # every stage is repeated per seed; results pool them
-    rounds: int = 2                             # K source-distillation rounds (Algorithm 1; paper K=2)
+    rounds: int = 2                             # K source-distillation rounds (Algorithm 1; paper: 2)
     n_source: int = 8                           # passages per round (paper 50), disjoint across rounds
     n_target: int = 24                          # target passages for the CPT regime (paper 200 / 2067)
     target_passages: str = "val_seal200"        # shipped split name or a path to passages JSON of your own

@@ -65,7 +65,9 @@ def summarize(table: pd.DataFrame, pair: str) -> dict:
     c = table["cos"].abs()
     return {"pair": pair, "tensors": len(table), "mean_abs_cos": c.mean(), "max_abs_cos": c.max(),
             "random_baseline": table["random_baseline"].mean(),
-            "mean_abs_cos_over_baseline": (c / table["random_baseline"]).mean()}
+            "mean_abs_cos_over_baseline": (c / table["random_baseline"]).mean(),
+            # a delta that is exactly zero (e.g. RL whose rewards never differed within a group) has no direction
+            "zero_delta_tensors": int(((table["norm_a"] == 0) | (table["norm_b"] == 0)).sum())}
 
 
 def heatmap(table: pd.DataFrame, title: str, ax=None, vmax: float | None = None):

@@ -61,13 +61,13 @@ def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:
     return path
 
 
-def save_table(df, name: str, params, notebook: str, markdown: bool = False, **extra) -> Path:
-    """Save a DataFrame as figures/<name>.csv (and .md if asked) with its provenance record."""
+def save_table(df, name: str, params, notebook: str, markdown: str | None = None, **extra) -> Path:
+    """Save a DataFrame as figures/<name>.csv (and a Markdown rendering, if given) with provenance."""
     path = figures_dir(params.profile) / f"{name}.csv"
     with atomic_output(path, force=True) as tmp:
         df.to_csv(tmp, index=False)
-    if markdown:
+    if markdown is not None:
         with atomic_output(path.with_suffix(".md"), force=True) as tmp:
-            tmp.write_text(df.to_markdown(index=False) + "\n")
+            tmp.write_text(markdown + "\n")
     _record(path, provenance(params, notebook, **extra))
     return path

@@ -42,3 +42,38 @@ def load_passages(name_or_path: str | Path) -> list[dict]:
                 raise ValueError(f"{path}: passage {i} has a question without 'question'/'answer': {q!r}")
         p.setdefault("title", "")
     return passages
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits and SEAL-style training documents
+# ---------------------------------------------------------------------------------------------------
+
+def source_rounds(n_source: int, rounds: int) -> list[list[dict]]:
+    """K disjoint source sets: slices of the 100 shipped source passages (n=50, K=2 is the paper's split)."""
+    pool = load_passages(SOURCE_ROUNDS[0]) + load_passages(SOURCE_ROUNDS[1])
+    if n_source * rounds > len(pool):
+        raise ValueError(f"rounds × n_source = {rounds * n_source} exceeds the {len(pool)} shipped source passages")
+    return [pool[k * n_source:(k + 1) * n_source] for k in range(rounds)]
+
+
+def questions_of(passages: list[dict]) -> list[dict]:
+    return [{"question": q["question"], "answer": q["answer"], "title": p["title"]}
+            for p in passages for q in p["questions"]]
+
+
+def passage_document(p: dict) -> str:
+    return f"{p['title']}\n{p['context']}"
+
+
+def cpt_documents(passages: list[dict], generations: list[list[str]] | None) -> list[str]:
+    """Multi-passage regime: each passage, plus each whole implication generation as its own document."""
+    docs = [passage_document(p) for p in passages]
+    for p, gens in zip(passages, generations or []):
+        docs += [f"{p['title']}\n{g.strip()}" for g in gens if g.strip()]
+    return docs
+
+
+def single_documents(p: dict, generations: list[str] | None) -> list[str]:
+    """Single-passage regime (SEAL): title + each implication line as a sequence, plus the passage."""
+    lines = [line.strip() for g in generations or [] for line in g.splitlines() if line.strip()]
+    return [f"{p['title']}\n{line}" for line in lines] + [passage_document(p)]
