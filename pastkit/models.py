@@ -56,7 +56,10 @@ def materialize_smollm2(out: Path | None = None) -> Path:
     gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     # A GGUF-loaded model refuses save_pretrained: rebuild it from its config, then save normally.
-    model = AutoModelForCausalLM.from_config(gguf.config, dtype=torch.float32)
+    config = gguf.config
+    if hasattr(config, "quantization_config"):  # dequantized already; left in, trainers refuse the model
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf.state_dict())
     model.generation_config = gguf.generation_config
     with atomic_output(out) as tmp:
