@@ -5,7 +5,7 @@ The core object is the skill vector v = θ_rl − θ_sft (paper Sec. 4.2), injec
 
 __version__ = "0.1.0"
 
-from .checkpoint import Checkpoint, CheckpointError, LoraAdapter  # noqa: E402
-from .skill_vector import SkillVector, inject  # noqa: E402
+from .checkpoint import Checkpoint, CheckpointError, LoraAdapter
+from .skill_vector import SkillVector, inject
 
-__all__ = ["Checkpoint", "CheckpointError", "LoraAdapter", "SkillVector", "inject", "__version__"]
+__all__ = ["Checkpoint", "CheckpointError", "LoraAdapter", "SkillVector", "__version__", "inject"]

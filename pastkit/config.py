@@ -76,7 +76,7 @@ class SquadParams:
                 raise ValueError(msg)
 
     @classmethod
-    def collect(cls, namespace: dict) -> "SquadParams":
+    def collect(cls, namespace: dict) -> SquadParams:
         """Build from a notebook's globals (the parameters cell plus papermill's injected values)."""
         return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
 

@@ -24,8 +24,15 @@ from .knowledge import SFTSpec, train_sft
 from .models import resolve
 from .skill_rl import GRPOSpec, train_grpo
 from .skill_vector import SkillVector, inject
-from .squad import (IMPLICATIONS_PROMPT, QA_PROMPT, cpt_documents, load_passages, questions_of,
-                    single_documents, source_rounds)
+from .squad import (
+    IMPLICATIONS_PROMPT,
+    QA_PROMPT,
+    cpt_documents,
+    load_passages,
+    questions_of,
+    single_documents,
+    source_rounds,
+)
 from .stages import Stage, run_stage
 
 VECTOR_FILE = "vector.safetensors"

@@ -23,8 +23,18 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import (EMBEDDING_NAME, INDEX_FILE, Checkpoint, CheckpointError, LoraAdapter, TensorSource,
-                         atomic_output, check_finite, is_adapter, write_safetensors)
+from .checkpoint import (
+    EMBEDDING_NAME,
+    INDEX_FILE,
+    Checkpoint,
+    CheckpointError,
+    LoraAdapter,
+    TensorSource,
+    atomic_output,
+    check_finite,
+    is_adapter,
+    write_safetensors,
+)
 
 VOCAB_POLICIES = ("error", "overlap")
 META_KEY = "pastkit"
@@ -179,7 +189,7 @@ class SkillVector:
         return f"SkillVector({self.meta.get('formula', '?')}, {len(self.keys())} tensors, {self.numel():,} params)"
 
     @classmethod
-    def extract(cls, rl, sft, base=None, vocab: str = "error") -> "SkillVector":
+    def extract(cls, rl, sft, base=None, vocab: str = "error") -> SkillVector:
         """v = θ_rl − θ_sft. Two adapters over one base need no base; a dense/adapter mix needs `base`."""
         if is_adapter(rl) and is_adapter(sft):
             source = LinearCombination([(1.0, LoraAdapter(rl)), (-1.0, LoraAdapter(sft))], strict=False)
@@ -194,7 +204,7 @@ class SkillVector:
         return cls(source, meta)
 
     @classmethod
-    def load(cls, path) -> "SkillVector":
+    def load(cls, path) -> SkillVector:
         ckpt = Checkpoint(path)
         meta = _file_metadata(ckpt).get(META_KEY)
         return cls(ckpt, json.loads(meta) if meta else {"formula": str(path)})
@@ -211,7 +221,7 @@ class SkillVector:
     def numel(self) -> int:
         return sum(math.prod(self.shape(k)) for k in self.keys())
 
-    def __add__(self, other: "SkillVector") -> "SkillVector":
+    def __add__(self, other: SkillVector) -> SkillVector:
         if not isinstance(other, SkillVector):
             return NotImplemented
         return SkillVector(LinearCombination([(1.0, self.source), (1.0, other.source)], strict=False),
@@ -221,17 +231,17 @@ class SkillVector:
     def __radd__(self, other):
         return self if other == 0 else self.__add__(other)  # so sum([v1, v2]) works
 
-    def __mul__(self, c) -> "SkillVector":
+    def __mul__(self, c) -> SkillVector:
         c = _finite_scalar(c, "scale")
         return SkillVector(LinearCombination([(c, self.source)], strict=False),
                            {**self.meta, "formula": f"{c:g} * ({self.meta.get('formula')})"})
 
     __rmul__ = __mul__
 
-    def __neg__(self) -> "SkillVector":
+    def __neg__(self) -> SkillVector:
         return self * -1.0
 
-    def __sub__(self, other: "SkillVector") -> "SkillVector":
+    def __sub__(self, other: SkillVector) -> SkillVector:
         return self + (-other)
 
     def save(self, path, dtype: torch.dtype = torch.float32, force: bool = False) -> Path:
