@@ -26,8 +26,8 @@ class SquadParams:
     model: str = "smollm2-135m-instruct"        # embedded name, "tiny-random", a local HF dir, or a hub id
     seeds: list = field(default_factory=lambda: [0])  # every stage is repeated per seed; results pool them
     rounds: int = 2                             # K source-distillation rounds (Algorithm 1; paper: 2)
-    n_source: int = 8                           # passages per round (paper 50), disjoint across rounds
-    n_target: int = 24                          # target passages for the CPT regime (paper 200 / 2067)
+    n_source: int = 16                          # passages per round (paper 50), disjoint across rounds
+    n_target: int = 40                          # target passages for the CPT regime (paper 200 / 2067)
     target_passages: str = "val_seal200"        # shipped split name or a path to passages JSON of your own
     regimes: list = field(default_factory=lambda: ["cpt"])  # "cpt" (n passages, full FT) and/or "single" (LoRA)
     n_single: int = 4                           # passages evaluated one at a time in the single regime (paper 200)
@@ -44,11 +44,11 @@ class SquadParams:
     lora_alpha: int = 64                        # LoRA alpha (paper Table 8)
     single_epochs: int = 10                     # single-passage epochs (paper Table 8)
     single_lr: float = 1e-3                     # single-passage learning rate (paper Table 8)
-    rl_prompts: int = 24                        # source questions used for GRPO per round (paper: all, 15 epochs)
+    rl_prompts: int = 64                        # source questions used for GRPO per round (paper: all, 15 epochs)
     rl_epochs: int = 1                          # passes over those questions (paper Table 9: 15)
     rl_group: int = 4                           # completions per prompt (paper Table 9: 5)
     rl_prompts_per_step: int = 1                # prompts per optimizer step (paper Table 9: batch 32)
-    rl_lr: float = 1e-5                         # GRPO actor LR (paper Table 9: 1e-6; ~24 steps here, not thousands)
+    rl_lr: float = 1e-5                         # GRPO actor LR (paper Table 9: 1e-6; ~64 steps here, not thousands)
     rl_beta: float = 0.001                      # KL coefficient, k3 "low-var" estimator (paper Table 9)
     rl_temperature: float = 0.7                 # rollout sampling (paper Table 9)
     rl_top_p: float = 0.9                       # (paper Table 9)
