@@ -8,6 +8,7 @@ the LoRA regime saves a peft adapter dir, which every parameter-space tool in pa
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,5 +67,4 @@ def train_sft(base_dir, texts: list[str], out: Path, spec: SFTSpec, seed: int) -
         cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
         cfg_path.write_text(json.dumps(cfg, indent=2))
     (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    import shutil
     shutil.rmtree(out / "_trainer", ignore_errors=True)

@@ -36,7 +36,8 @@ def locate(name: str) -> tuple[int | None, str]:
 
 def cosine_table(delta_a: TensorSource, delta_b: TensorSource) -> pd.DataFrame:
     """One row per tensor both deltas hold: layer, module, n, ‖ΔA‖, ‖ΔB‖, cos, random baseline 1/√n."""
-    common = [k for k in delta_a.keys() if k in set(delta_b.keys())]
+    b_keys = set(delta_b.keys())
+    common = [k for k in delta_a.keys() if k in b_keys]
     if not common:
         raise ValueError("the two deltas share no tensor names; are they from the same architecture?")
     rows = []
