@@ -109,7 +109,7 @@ class LinearCombination:
 
     def inputs(self) -> list:
         """The checkpoints this combination reads, to name the culprit when a result is non-finite."""
-        return [s for _, src in self.terms for s in (src.inputs() if hasattr(src, "inputs") else [src])]
+        return [s for _, src in self.terms for s in _inputs(src)]
 
 
 class DenseWithAdapter:
