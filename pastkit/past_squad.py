@@ -219,7 +219,6 @@ def run_table1(p: SquadParams, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
 def summarize_table1(answers: pd.DataFrame, p: SquadParams) -> pd.DataFrame:
     """One row per (regime, method): mean score with 95% bootstrap interval, n, and the paired difference
     to "Train on Passage + Synthetic" (the paper's direct baseline), beside the paper's reported number."""
-    judge = make_judge(p.judge).describe()
     rows = []
     for (regime, method), df in answers.groupby(["regime", "method"], sort=False):
         mean, lo, hi = bootstrap_interval(df["score"])
@@ -230,7 +229,7 @@ def summarize_table1(answers: pd.DataFrame, p: SquadParams) -> pd.DataFrame:
                      "ci95_low": round(100 * lo, 1), "ci95_high": round(100 * hi, 1),
                      "vs_synthetic": round(100 * d, 1), "vs_synthetic_ci95_low": round(100 * dlo, 1),
                      "vs_synthetic_ci95_high": round(100 * dhi, 1), "n_questions": len(df) // len(p.seeds),
-                     "seeds": len(p.seeds), "judge": judge["judge"], "model": p.model,
+                     "seeds": len(p.seeds), "judge": p.judge, "model": p.model,
                      "paper_reported_accuracy": reported})
     return pd.DataFrame(rows)
 
