@@ -10,13 +10,10 @@ opened.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,11 +29,25 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit: a larger "header" means this is not safetensors
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHT_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+SKILL_VECTOR_KEY = "pastkit"  # safetensors metadata key of a saved skill vector
 EMBEDDING_NAME = re.compile(r"(embed|lm_head|wte|word_embeddings)")
 
 
 class CheckpointError(ValueError):
     """Bad input to a parameter-space operation; the message names the file and tensor at fault."""
+
+
+def read_json(path: Path, want: type = dict):
+    """A small JSON file (config, index, adapter config), or a CheckpointError naming it."""
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, want):
+        raise CheckpointError(f"{path}: expected a JSON {want.__name__}, got a {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,20 @@ class TensorInfo:
     end: int
 
 
+UNSUPPORTED_DTYPES = ("F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "U16", "U32", "U64", "C64")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse a safetensors header, checking every byte range lies inside the file (catches truncation)."""
+    """Parse and validate a safetensors header as strictly as the safetensors library does.
+
+    Checked: header length, a JSON object, a `__metadata__` of strings, known dtypes, non-negative integer
+    shapes and offsets, byte ranges that match their shapes and tile the data section exactly (no overlap,
+    no gap, no trailing bytes), and a file long enough to hold them (catches truncation).
+    """
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -60,25 +83,44 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         if n <= 0 or n > min(size - 8, MAX_HEADER_BYTES):
             raise CheckpointError(f"{path}: not a safetensors file (bad header length; {size} bytes on disk)")
         try:
-            header = json.loads(f.read(n))
+            header = json.loads(f.read(n).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: malformed safetensors header (a JSON {type(header).__name__}, not an object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: malformed safetensors header (__metadata__ must map strings to strings)")
     tensors = {}
     for name, entry in header.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            start, end = (8 + n + int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}") from None
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}")
+        if entry["dtype"] in UNSUPPORTED_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, which pastkit does not "
+                                  f"support (supported: {', '.join(DTYPES)})")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if entry["dtype"] not in DTYPES or not isinstance(shape, list) or not all(
+                _is_int(d) and d >= 0 for d in shape) or not isinstance(offsets, list) or len(offsets) != 2 \
+                or not all(_is_int(o) and o >= 0 for o in offsets) or offsets[1] < offsets[0]:
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}")
+        dtype = DTYPES[entry["dtype"]]
+        start, end = 8 + n + offsets[0], 8 + n + offsets[1]
         nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
         if end - start != nbytes:
             raise CheckpointError(f"{path}: tensor {name!r} spans {end - start} bytes but {shape} needs {nbytes}")
-        if end > size:
+        tensors[name] = TensorInfo(path, dtype, tuple(shape), start, end)
+    cursor = 8 + n
+    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if info.start != cursor:
+            what = "overlaps the previous tensor" if info.start < cursor else "leaves a gap before it"
+            raise CheckpointError(f"{path}: malformed safetensors header: tensor {name!r} {what}")
+        if info.end > size:
             raise CheckpointError(
-                f"{path}: truncated: tensor {name!r} ends at byte {end} but the file has {size} bytes")
-        tensors[name] = TensorInfo(path, dtype, shape, start, end)
+                f"{path}: truncated: tensor {name!r} ends at byte {info.end} but the file has {size} bytes")
+        cursor = info.end
+    if cursor < size:
+        raise CheckpointError(f"{path}: {size - cursor} trailing bytes after the last tensor; not a valid safetensors "
+                              "file")
     return tensors, metadata
 
 
@@ -151,10 +193,11 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: no such file or directory")
         self.index: dict | None = None
         if self.path.is_file():
+            if self.path.suffix in PICKLE_SUFFIXES:
+                raise CheckpointError(f"{self.path}: pickle file; pastkit only reads safetensors")
             files = [self.path]
         elif (self.path / INDEX_FILE).exists():
-            self.index = json.loads((self.path / INDEX_FILE).read_text())
-            files = [self.path / f for f in dict.fromkeys(self.index["weight_map"].values())]
+            files = self._index_files()
         elif (self.path / WEIGHT_FILE).exists():
             files = [self.path / WEIGHT_FILE]
         else:
@@ -164,8 +207,6 @@ class Checkpoint:
                     f"{self.path}: only pickle weights ({', '.join(pickles)}); pastkit never unpickles. "
                     "Convert them once with a tool you trust (e.g. transformers save_pretrained) to safetensors.")
             raise CheckpointError(f"{self.path}: no {WEIGHT_FILE} or {INDEX_FILE} found")
-        if self.path.is_file() and self.path.suffix in PICKLE_SUFFIXES:
-            raise CheckpointError(f"{self.path}: pickle file; pastkit only reads safetensors")
         self.shards: list[tuple[str, list[str], dict[str, str]]] = []  # (file name, tensor names, metadata)
         self.tensors: dict[str, TensorInfo] = {}
         for f in files:
@@ -179,8 +220,32 @@ class Checkpoint:
             for name, shard in self.index["weight_map"].items():
                 if self.tensors.get(name) is None or self.tensors[name].file.name != shard:
                     raise CheckpointError(f"{self.path}: index puts {name!r} in {shard}, but that shard lacks it")
-        config = self.path / "config.json" if self.path.is_dir() else None
-        self.config = json.loads(config.read_text()) if config and config.exists() else {}
+        self.config = {}
+        if self.path.is_dir():  # a model dir: its config says which architecture it is, so it must exist
+            if not (self.path / "config.json").exists():
+                raise CheckpointError(f"{self.path}: no config.json; a model dir needs one (it names the "
+                                      "architecture, which pastkit checks before combining models)")
+            self.config = read_json(self.path / "config.json", dict)
+
+    def _index_files(self) -> list[Path]:
+        """Shard files named by a sharded model's index, each checked to lie inside the model dir."""
+        index_path = self.path / INDEX_FILE
+        self.index = read_json(index_path, dict)
+        weight_map = self.index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index_path}: needs a non-empty 'weight_map' of tensor name -> shard file")
+        files = []
+        for shard in dict.fromkeys(weight_map.values()):
+            if Path(shard).name != shard or shard in (".", ".."):
+                raise CheckpointError(f"{index_path}: shard {shard!r} is not a file name inside {self.path}")
+            files.append(self.path / shard)
+        return files
+
+    @property
+    def is_skill_vector(self) -> bool:
+        """A single file saved by `SkillVector.save` (its metadata says so): a delta, not a model."""
+        return len(self.shards) == 1 and SKILL_VECTOR_KEY in self.shards[0][2]
 
     def __repr__(self):
         return f"Checkpoint({str(self.path)!r}, {len(self.tensors)} tensors)"
@@ -227,11 +292,15 @@ class LoraAdapter:
         cfg_path = self.path / "adapter_config.json"
         if not cfg_path.exists():
             raise CheckpointError(f"{self.path}: not a peft adapter dir (no adapter_config.json)")
-        self.config = json.loads(cfg_path.read_text())
+        self.config = read_json(cfg_path, dict)
         if self.config.get("peft_type") != "LORA":
             raise CheckpointError(f"{self.path}: peft_type {self.config.get('peft_type')!r}; only LORA is supported")
         if self.config.get("use_dora"):
             raise CheckpointError(f"{self.path}: DoRA adapters have no fixed ΔW = B·A; not supported")
+        for key in ("r", "lora_alpha"):
+            if not isinstance(self.config.get(key), (int, float)) or isinstance(self.config.get(key), bool) \
+                    or self.config[key] <= 0:
+                raise CheckpointError(f"{cfg_path}: needs a positive number {key!r} (got {self.config.get(key)!r})")
         weights = self.path / "adapter_model.safetensors"
         if not weights.exists():
             raise CheckpointError(f"{self.path}: no adapter_model.safetensors (pickle adapters are never loaded)")
@@ -283,33 +352,3 @@ class LoraAdapter:
 
 def is_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").exists()
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `path`, on any error it is removed.
-
-    Refuses an existing `path` unless force=True, before any work starts, so nothing is lost.
-    """
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass force=True (CLI: --force) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    _remove(tmp)
-    try:
-        yield tmp
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        _remove(tmp)
-        _remove(old)
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()

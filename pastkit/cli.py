@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     cos.add_argument("--heatmap", help="also draw a layers × modules heatmap to this PNG")
     cos.add_argument("--title", default="cos(ΔA, ΔB)")
     cos.add_argument("--vocab", default="error", choices=["error", "overlap"])
+    cos.add_argument("--force", action="store_true", help="replace existing outputs (only ones pastkit wrote)")
 
     run = sub.add_parser("run", help="execute the notebooks of a params profile with papermill")
     run.add_argument("--profile", default="cpu", help="a name in params/ (smoke, cpu, paper) or a YAML path")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, read-only or full disks
         print(f"pastkit: error: {e}", file=sys.stderr)
         return 2
 
@@ -84,9 +86,13 @@ def _dispatch(args) -> int:
     elif args.command == "vector" and args.action == "extract":
         import torch
 
-        from .skill_vector import SkillVector
-        v = SkillVector.extract(args.rl, args.sft, base=args.base, vocab=args.vocab)
-        v.save(args.out, dtype=getattr(torch, args.dtype), force=args.force)
+        from .skill_vector import DegenerateWarning, SkillVector
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DegenerateWarning)
+            v = SkillVector.extract(args.rl, args.sft, base=args.base, vocab=args.vocab)
+            v.save(args.out, dtype=getattr(torch, args.dtype), force=args.force)
+        for w in caught:
+            print(f"pastkit: warning: {w.message}", file=sys.stderr)
         print(f"{args.out}: {v!r}")
     elif args.command == "vector" and args.action == "inject":
         from .skill_vector import inject
@@ -94,18 +100,34 @@ def _dispatch(args) -> int:
                      vocab=args.vocab))
     elif args.command == "cosine":
         from .orthogonality import cosine_between, heatmap, summarize
+        from .outputs import atomic_output, check_separate
+        inputs = [args.a, args.b, args.base]
+        outs = [Path(args.out)] + ([Path(args.heatmap)] if args.heatmap else [])
+        if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
+            raise ValueError("-o and --heatmap name the same file")
+        for out in outs:  # before the (long) computation, not after it
+            check_separate(out, inputs)
+            if out.exists() and not args.force:
+                raise FileExistsError(f"{out} exists; pass --force to replace it")
         table = cosine_between(args.a, args.b, base=args.base, vocab=args.vocab)
-        from .checkpoint import atomic_output
-        with atomic_output(Path(args.out), force=True) as tmp:
-            table.to_csv(tmp, index=False)
         s = summarize(table, args.title)
+        if s["zero_delta_tensors"] == s["tensors"]:
+            raise ValueError(f"every tensor of A or B is unchanged (a zero delta): no cosine is defined "
+                             f"({args.a} vs {args.b})")
+        prov = {"operation": "cosine", "a": args.a, "b": args.b, "base": args.base}
+        with atomic_output(outs[0], force=args.force, inputs=inputs, provenance=prov) as tmp:
+            table.to_csv(tmp, index=False)
+        if s["zero_delta_tensors"]:
+            print(f"pastkit: warning: {s['zero_delta_tensors']} of {s['tensors']} tensors are unchanged in A or B "
+                  "(zero delta): their cosine is undefined and left out of the summary", file=sys.stderr)
         print(f"{s['tensors']} tensors  mean |cos| {s['mean_abs_cos']:.4g}  max |cos| {s['max_abs_cos']:.4g}  "
               f"random baseline {s['random_baseline']:.3g}")
         if args.heatmap:
             import matplotlib
             matplotlib.use("Agg")
             ax = heatmap(table, args.title)
-            ax.figure.savefig(args.heatmap, dpi=150, bbox_inches="tight")
+            with atomic_output(outs[1], force=args.force, inputs=inputs, provenance=prov) as tmp:
+                ax.figure.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
     elif args.command == "run":
         from .driver import run_profile
         run_profile(args.profile, only=args.only)

@@ -9,6 +9,8 @@ section/table, or a CPU-scale choice) is in its comment.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,11 @@ from pathlib import Path
 import yaml
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+SAFE_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Counts that must be at least 1 (sizes, epochs, token budgets); rl_top_k may be 0 (no top-k cut).
+POSITIVE = {"rounds", "n_source", "n_target", "n_single", "n_implications", "implication_tokens", "max_seq_len",
+            "cpt_epochs", "cpt_batch", "cpt_grad_accum", "lora_r", "lora_alpha", "single_epochs", "rl_prompts",
+            "rl_epochs", "rl_group", "rl_prompts_per_step", "rl_max_new_tokens", "eval_max_new_tokens"}
 
 
 @dataclass(frozen=True)
@@ -66,19 +73,45 @@ class SquadParams:
                 object.__setattr__(self, f.name, float(value))
             elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise TypeError(f"parameter {f.name}={value!r}: expected {want.__name__}, got {type(value).__name__}")
-        checks = [(self.rounds >= 1, "rounds must be >= 1"), (self.n_source >= 1, "n_source must be >= 1"),
-                  (self.n_target >= 1, "n_target must be >= 1"), (self.seeds != [], "seeds must not be empty"),
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"parameter {f.name}={value}: must be a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) and f.name in POSITIVE and value < 1:
+                raise ValueError(f"parameter {f.name}={value}: must be >= 1")
+        checks = [(SAFE_LABEL.fullmatch(self.profile), f"profile={self.profile!r}: a plain name (letters, digits, "
+                   "'_', '-', '.'; no path), since it names a results folder"),
+                  (self.model.strip(), "model must not be empty"),
+                  (self.seeds != [] and all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds),
+                   f"seeds={self.seeds!r}: a non-empty list of integers"),
                   (set(self.regimes) <= {"cpt", "single"} and self.regimes, "regimes: 'cpt' and/or 'single'"),
                   (self.judge in ("token_f1", "llm"), "judge must be 'token_f1' or 'llm'"),
-                  (self.rl_group >= 2, "rl_group must be >= 2 (GRPO needs a group to compare)")]
+                  (self.rl_group >= 2, "rl_group must be >= 2 (GRPO needs a group to compare)"),
+                  (min(self.cpt_lr, self.single_lr, self.rl_lr) > 0, "learning rates must be > 0"),
+                  (self.rl_beta >= 0, "rl_beta must be >= 0"), (self.rl_temperature > 0, "rl_temperature must be > 0"),
+                  (0 < self.rl_top_p <= 1, "rl_top_p must be in (0, 1]"), (self.rl_top_k >= 0, "rl_top_k must be >= 0")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
 
+    def check_inputs(self) -> None:
+        """Every input file the run will read, opened and validated now, before any stage runs."""
+        from .squad import load_passages, source_rounds
+
+        source_rounds(self.n_source, self.rounds)
+        passages = load_passages(self.target_passages)
+        need = max(self.n_target if "cpt" in self.regimes else 0, self.n_single if "single" in self.regimes else 0)
+        if len(passages) < need:
+            raise ValueError(f"{self.target_passages}: has {len(passages)} passages, but n_target/n_single ask for "
+                             f"{need}")
+
     @classmethod
     def collect(cls, namespace: dict) -> SquadParams:
-        """Build from a notebook's globals (the parameters cell plus papermill's injected values)."""
-        return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
+        """Build from a notebook's globals (the parameters cell plus papermill's injected values), and check
+        the input files, so a bad value or file stops the notebook before its first stage."""
+        params = cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
+        params.check_inputs()
+        return params
 
     @classmethod
     def names(cls) -> set[str]:
@@ -96,7 +129,12 @@ def load_profile(profile: str | Path) -> dict:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"no params profile {profile!r} (known: {known})")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a profile is a mapping of parameter: value")
     return values

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import load_profile
+from .config import SquadParams, load_profile
 from .report import ROOT
 
 NOTEBOOKS = ["01_orthogonality", "02_squad"]
@@ -37,6 +37,7 @@ def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | Non
     stray = sorted(set(values) - set().union(*declared.values()))
     if stray:
         raise ValueError(f"profile {profile!r} sets {stray}, which no notebook declares")
+    SquadParams(**values).check_inputs()  # a bad value or input file stops the run before any notebook starts
     label = values.get("profile", Path(profile).stem)
     out_dir = Path(out_dir or ROOT / "executed" / label)
     out_dir.mkdir(parents=True, exist_ok=True)

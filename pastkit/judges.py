@@ -9,8 +9,10 @@ precision, so an answer listing many candidates always scores below the right sh
 `llm`: the paper's binary judge prompt (Appendix D.4.3) sent to any OpenAI-compatible chat endpoint
 (a local `vllm serve` works). URL, model and key come from the environment only: PASTKIT_JUDGE_URL
 (e.g. http://localhost:8000/v1), PASTKIT_JUDGE_MODEL, PASTKIT_JUDGE_API_KEY (or OPENAI_API_KEY).
-Requests are retried with backoff; every judgement is appended to an on-disk cache as soon as it is
-made, so a crash or an outage loses nothing already judged. The key is never written anywhere.
+Requests are retried with backoff within a total deadline per verdict ($PASTKIT_JUDGE_TIMEOUT seconds);
+redirects are refused, so the key goes to the configured host only. Every judgement is appended to an
+on-disk cache as soon as it is made, so a crash or an outage loses nothing already judged; a damaged
+cache line is skipped and reported. The key is never written anywhere.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import json
 import os
 import re
 import string
+import threading
 import time
-import urllib.error
-import urllib.request
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -74,26 +76,44 @@ class TokenF1Judge:
 
 
 class LLMJudge:
-    """Binary LLM judge (D.4.3 prompt) over an OpenAI-compatible endpoint, cached on disk."""
+    """Binary LLM judge (D.4.3 prompt) over an OpenAI-compatible endpoint, cached on disk.
+
+    HTTP goes through the `openai` client with redirects turned off: the key is sent to the configured
+    host only, and a redirect (to any host) is an error, never followed. Each verdict has a total deadline
+    (`timeout` seconds, default $PASTKIT_JUDGE_TIMEOUT or 120) covering every retry and backoff, so a slow
+    or trickling endpoint cannot hold a run for longer than that per question.
+    """
 
     name = "llm"
 
-    def __init__(self, url: str | None = None, model: str | None = None, retries: int = 5, timeout: float = 60,
-                 cache: Path | None = None):
+    def __init__(self, url: str | None = None, model: str | None = None, retries: int = 5,
+                 timeout: float | None = None, cache: Path | None = None, log=None):
         self.url = (url or os.environ.get("PASTKIT_JUDGE_URL", "")).rstrip("/")
         self.model = model or os.environ.get("PASTKIT_JUDGE_MODEL", "")
         if not self.url or not self.model:
             raise JudgeError("the llm judge needs PASTKIT_JUDGE_URL (e.g. http://localhost:8000/v1) and "
                              "PASTKIT_JUDGE_MODEL in the environment")
-        self.retries, self.timeout = retries, timeout
+        self.retries = retries
+        self.timeout = float(timeout if timeout is not None else os.environ.get("PASTKIT_JUDGE_TIMEOUT", 120))
+        if not self.timeout > 0:
+            raise JudgeError(f"the judge timeout must be a positive number of seconds, got {self.timeout}")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
         self.cache_path = Path(cache or runs_dir() / "judge-cache" / f"{safe}.jsonl")
         self.cache: dict[str, float] = {}
-        if self.cache_path.exists():
-            for line in self.cache_path.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    self.cache[rec["key"]] = rec["score"]
+        self._read_cache(log or (lambda msg: warnings.warn(msg, stacklevel=3)))
+
+    def _read_cache(self, log) -> None:
+        """Load cached verdicts; a damaged line (a crash or a full disk mid-write) is skipped and reported."""
+        if not self.cache_path.exists():
+            return
+        for i, line in enumerate(self.cache_path.read_bytes().decode("utf-8", "replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                self.cache[rec["key"]] = float(rec["score"])
+            except (ValueError, KeyError, TypeError):
+                log(f"{self.cache_path}: line {i} is damaged and was skipped (its verdict will be asked again)")
 
     def _key(self) -> str | None:
         return os.environ.get("PASTKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -109,36 +129,77 @@ class LLMJudge:
             raise JudgeError(f"judge {self.model} replied {reply[:80]!r}, not yes/no")
         score = 1.0 if word == "yes" else 0.0
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.cache_path, "a") as f:
-            f.write(json.dumps({"key": key, "score": score, "reply": reply[:20]}) + "\n")
+        with open(self.cache_path, "ab+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                f.write(b"\n")  # never glue a verdict to a damaged last line
+            f.write((json.dumps({"key": key, "score": score, "reply": reply[:20]}) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
         self.cache[key] = score
         return score
 
     def _ask(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": 0, "max_tokens": 4}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key():
-            headers["Authorization"] = f"Bearer {self._key()}"
-        last = None
+        """One verdict's reply text: retries with backoff, all within the total deadline."""
+        import openai
+
+        deadline = time.monotonic() + self.timeout
+        last, tries = None, 0
         for attempt in range(self.retries):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            tries += 1
             try:
-                req = urllib.request.Request(f"{self.url}/chat/completions", body, headers)
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())["choices"][0]["message"]["content"]
-            except urllib.error.HTTPError as e:
-                if e.code not in (408, 429) and e.code < 500:
-                    raise JudgeError(f"judge endpoint {self.url} refused the request: HTTP {e.code}") from None
-                last = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = str(getattr(e, "reason", e))
-            except (KeyError, IndexError, json.JSONDecodeError) as e:
-                raise JudgeError(f"judge endpoint {self.url} sent an unexpected reply ({e!r})") from None
-            time.sleep(min(2 ** attempt, 30))
-        raise JudgeError(f"judge endpoint {self.url} unreachable after {self.retries} tries ({last}); "
-                         f"judgements so far are cached in {self.cache_path}")
+                return self._request(prompt, remaining)
+            except openai.APIStatusError as e:
+                code = e.status_code
+                if 300 <= code < 400:
+                    raise JudgeError(f"judge endpoint {self.url} answered with a redirect (HTTP {code} to "
+                                     f"{e.response.headers.get('location')!r}); redirects are refused so the key "
+                                     "only ever goes to the configured host: set PASTKIT_JUDGE_URL to the final "
+                                     "address") from None
+                if code not in (408, 409, 429) and code < 500:
+                    raise JudgeError(f"judge endpoint {self.url} refused the request: HTTP {code}") from None
+                last = f"HTTP {code}"
+            except (openai.APIConnectionError, TimeoutError) as e:
+                last = str(e) or type(e).__name__
+            time.sleep(max(0.0, min(2 ** attempt, 30, deadline - time.monotonic())))
+        raise JudgeError(f"judge endpoint {self.url} unreachable after {tries} tries within the "
+                         f"{self.timeout:g} s deadline ({last}); judgements so far are cached in {self.cache_path}")
+
+    def _request(self, prompt: str, seconds: float) -> str:
+        """One HTTP request, abandoned after `seconds` even if the server keeps trickling bytes."""
+        import httpx2
+        import openai
+
+        result: dict = {}
+
+        def call():
+            try:
+                with httpx2.Client(follow_redirects=False, timeout=seconds) as http:
+                    client = openai.OpenAI(base_url=self.url, api_key=self._key() or "none", max_retries=0,
+                                           http_client=http, timeout=seconds)
+                    result["reply"] = client.chat.completions.create(
+                        model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0,
+                        max_tokens=4)
+            except BaseException as e:  # handed to the caller's thread
+                result["error"] = e
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if worker.is_alive():
+            raise TimeoutError(f"no complete reply within {seconds:.1f} s")
+        if "error" in result:
+            raise result["error"]
+        try:
+            content = result["reply"].choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as e:
+            raise JudgeError(f"judge endpoint {self.url} sent an unexpected reply ({e!r})") from None
+        if not isinstance(content, str):
+            raise JudgeError(f"judge endpoint {self.url} sent a reply without text content ({content!r})")
+        return content
 
     def describe(self) -> dict:
         return {"judge": self.name, "model": self.model, "url": self.url, "prompt": "paper Appendix D.4.3"}

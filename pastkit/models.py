@@ -12,11 +12,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .checkpoint import atomic_output
+from .outputs import atomic_output
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What a model needs from the hub: safetensors weights, config, tokenizer, chat template. Never pickle weights.
+HUB_FILES = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -25,8 +27,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PASTKIT_CACHE", Path.home() / ".cache" / "pastkit")).expanduser()
 
 
-def resolve(model: str) -> Path | str:
-    """A loadable model: the embedded names are materialized on first use; local dirs and hub ids pass through."""
+def resolve(model: str) -> Path:
+    """A local model dir: embedded names are materialized on first use, hub ids downloaded once where a hub is
+    reachable (a clear error where it is not), local dirs pass through."""
     if model == SMOLLM2:
         return materialize_smollm2()
     if model == TINY:
@@ -34,9 +37,23 @@ def resolve(model: str) -> Path | str:
     path = Path(model).expanduser()
     if path.exists():
         return path
-    if model.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model dir {model} does not exist")
-    return model  # a hub id: works only where a hub is reachable
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise FileNotFoundError(f"model {model!r}: no such local dir, and not a Hugging Face hub id (owner/name)")
+    return download(model)
+
+
+def download(repo_id: str) -> Path:
+    """A hub model's safetensors weights, config and tokenizer, through the Hugging Face cache (once)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repo, gated, ...: all mean "not loadable here"
+        raise RuntimeError(
+            f"model {repo_id!r} is not a local dir and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Where a hub is reachable it is "
+            "downloaded once into the Hugging Face cache; elsewhere, copy the model dir here and pass its path "
+            "as `model`.") from None
 
 
 def materialize_smollm2(out: Path | None = None) -> Path:

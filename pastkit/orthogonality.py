@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import TensorSource
+from .checkpoint import CheckpointError, TensorSource
 from .skill_vector import open_delta
 
 # Column order of the heatmap: attention, MLP, then the two per-layer norms (Llama/Qwen naming).
@@ -44,7 +44,10 @@ def cosine_table(delta_a: TensorSource, delta_b: TensorSource) -> pd.DataFrame:
     for name in tqdm(common, desc="cosine", unit="tensor", leave=False):
         a, b = delta_a.get(name).float(), delta_b.get(name).float()
         if a.shape != b.shape:
-            raise ValueError(f"tensor {name!r}: delta shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+            raise ValueError(f"tensor {name!r}: delta shapes differ, {tuple(a.shape)} in A vs {tuple(b.shape)} in B")
+        for side, t, src in (("A", a, delta_a), ("B", b, delta_b)):
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"delta {side} ({src!r}): tensor {name!r} has non-finite values (NaN/Inf)")
         dot = (a * b).sum(dtype=torch.float64).item()
         na = a.pow(2).sum(dtype=torch.float64).sqrt().item()
         nb = b.pow(2).sum(dtype=torch.float64).sqrt().item()
@@ -62,13 +65,16 @@ def cosine_between(a, b, base=None, vocab: str = "error") -> pd.DataFrame:
 
 
 def summarize(table: pd.DataFrame, pair: str) -> dict:
-    """One line per pair: mean and max |cos| over tensors, beside the mean random baseline."""
-    c = table["cos"].abs()
+    """One line per pair: mean and max |cos| over the tensors where it is defined, beside the random baseline.
+
+    A tensor that one delta leaves exactly unchanged (e.g. RL whose rewards never differed within a group) has
+    no direction, so no cosine: it is counted in `zero_delta_tensors`, not averaged in as a blank."""
+    defined = table[table["cos"].notna()]
+    c = defined["cos"].abs()
     return {"pair": pair, "tensors": len(table), "mean_abs_cos": c.mean(), "max_abs_cos": c.max(),
-            "random_baseline": table["random_baseline"].mean(),
-            "mean_abs_cos_over_baseline": (c / table["random_baseline"]).mean(),
-            # a delta that is exactly zero (e.g. RL whose rewards never differed within a group) has no direction
-            "zero_delta_tensors": int(((table["norm_a"] == 0) | (table["norm_b"] == 0)).sum())}
+            "random_baseline": defined["random_baseline"].mean(),
+            "mean_abs_cos_over_baseline": (c / defined["random_baseline"]).mean(),
+            "zero_delta_tensors": len(table) - len(defined)}
 
 
 def heatmap(table: pd.DataFrame, title: str, ax=None, vmax: float | None = None):

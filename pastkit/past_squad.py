@@ -68,6 +68,7 @@ class SquadRun:
 
     def __init__(self, params: SquadParams, seed: int, log=print):
         self.p, self.seed, self.log = params, seed, log
+        params.check_inputs()
         self.base = Path(resolve(params.model))
         cfg = (self.base / "config.json").read_text()
         size = sum(f.stat().st_size for f in self.base.glob("*.safetensors"))
@@ -88,7 +89,7 @@ class SquadRun:
 
         stage = run_stage("implications", {"base": self.base_key, "passages": _sha([x["context"] for x in passages]),
                                            "k": p.n_implications, "tokens": p.implication_tokens,
-                                           "seed": self.seed}, build, self.log)
+                                           "seed": self.seed}, build, self.log, expect=("implications.json",))
         return [r["generations"] for r in json.loads((stage.path / "implications.json").read_text())]
 
     def sft(self, texts: list[str], lora: bool) -> Stage:
@@ -97,14 +98,15 @@ class SquadRun:
                 SFTSpec(p.cpt_epochs, p.cpt_lr, p.cpt_batch, p.cpt_grad_accum, p.max_seq_len))
         return run_stage("sft-lora" if lora else "sft-full",
                          {"base": self.base_key, "texts": _sha(texts), "spec": spec.__dict__, "seed": self.seed},
-                         lambda tmp: train_sft(self.base, texts, tmp / "model", spec, self.seed), self.log)
+                         lambda tmp: train_sft(self.base, texts, tmp / "model", spec, self.seed), self.log,
+                         expect=("model",))
 
     # -- skills ---------------------------------------------------------------------------------------
     def with_vector(self, model: Stage, vector: Stage, lam: float) -> Stage:
         """θ + λ·v on disk, through the vector core (`inject`)."""
         return run_stage("inject", {"model": model.key, "vector": vector.key, "lam": lam},
                          lambda tmp: inject(model.path / "model", vector.path / VECTOR_FILE, tmp / "model", lam=lam),
-                         self.log)
+                         self.log, expect=("model",))
 
     def grpo(self, init: Stage, passages: list[dict]) -> Stage:
         p = self.p
@@ -118,7 +120,8 @@ class SquadRun:
                          lambda tmp: train_grpo(init.path / "model", [QA_PROMPT.format(question=i["question"])
                                                                       for i in items],
                                                 [i["answer"] for i in items], [i["question"] for i in items],
-                                                self.judge, tmp / "model", spec, self.seed), self.log)
+                                                self.judge, tmp / "model", spec, self.seed), self.log,
+                         expect=("model",))
 
     def distill(self) -> list[Round]:
         """Algorithm 1: K rounds over disjoint source sets; round k's RL starts from θ_sft_k + v_{k−1}."""
@@ -129,7 +132,7 @@ class SquadRun:
             rl = self.grpo(init, passages)
             vector = run_stage("skill-vector", {"rl": rl.key, "sft": sft.key},
                                lambda tmp, rl=rl, sft=sft: SkillVector.extract(rl.path / "model", sft.path / "model")
-                               .save(tmp / VECTOR_FILE), self.log)
+                               .save(tmp / VECTOR_FILE), self.log, expect=(VECTOR_FILE,))
             rounds.append(Round(k, sft, init, rl, vector))
             prev = vector
         return rounds
@@ -154,8 +157,14 @@ class SquadRun:
             df = closed_book_answers(None, items, self.judge, self.p.eval_max_new_tokens, model_and_tok=model_and_tok)
             df.to_csv(tmp / "answers.csv", index=False)
 
+        def check(tmp: Path):
+            df = pd.read_csv(tmp / "answers.csv", keep_default_na=False)
+            if len(df) != len(items) or not df["score"].between(0, 1).all():
+                raise ValueError(f"answers.csv has {len(df)} rows for {len(items)} questions or scores outside [0, 1]")
+
         stage = run_stage("answers", {**key, "items": _sha(items), "judge": self.judge.describe(),
-                                      "tokens": self.p.eval_max_new_tokens}, build, self.log)
+                                      "tokens": self.p.eval_max_new_tokens}, build, self.log,
+                          expect=("answers.csv",), check=check)
         return pd.read_csv(stage.path / "answers.csv", keep_default_na=False)
 
     def answers_of_dir(self, stage: Stage | None, items: list[dict]) -> pd.DataFrame:

@@ -8,14 +8,13 @@ Writes are atomic: a crash never leaves half a PNG or CSV.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 from . import __version__
-from .checkpoint import atomic_output
+from .outputs import atomic_output
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,27 +46,21 @@ def provenance(params, notebook: str, **extra) -> dict:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
 
 
-def _record(path: Path, prov: dict) -> None:
-    with atomic_output(path.with_name(path.name + ".provenance.json"), force=True) as tmp:
-        tmp.write_text(json.dumps(prov, indent=2, default=str))
-
-
 def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:
     """Save a matplotlib figure as figures/<name>.png with its provenance record."""
     path = figures_dir(params.profile) / f"{name}.png"
-    with atomic_output(path, force=True) as tmp:
+    with atomic_output(path, force=True, provenance=provenance(params, notebook, **extra)) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
-    _record(path, provenance(params, notebook, **extra))
     return path
 
 
 def save_table(df, name: str, params, notebook: str, markdown: str | None = None, **extra) -> Path:
     """Save a DataFrame as figures/<name>.csv (and a Markdown rendering, if given) with provenance."""
     path = figures_dir(params.profile) / f"{name}.csv"
-    with atomic_output(path, force=True) as tmp:
+    prov = provenance(params, notebook, **extra)
+    with atomic_output(path, force=True, provenance=prov) as tmp:
         df.to_csv(tmp, index=False)
     if markdown is not None:
-        with atomic_output(path.with_suffix(".md"), force=True) as tmp:
+        with atomic_output(path.with_suffix(".md"), force=True, provenance=prov) as tmp:
             tmp.write_text(markdown + "\n")
-    _record(path, provenance(params, notebook, **extra))
     return path

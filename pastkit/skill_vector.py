@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,18 +27,24 @@ from . import __version__
 from .checkpoint import (
     EMBEDDING_NAME,
     INDEX_FILE,
+    SKILL_VECTOR_KEY,
     Checkpoint,
     CheckpointError,
     LoraAdapter,
     TensorSource,
-    atomic_output,
     check_finite,
     is_adapter,
+    read_json,
     write_safetensors,
 )
+from .outputs import atomic_output
 
 VOCAB_POLICIES = ("error", "overlap")
-META_KEY = "pastkit"
+LAZY_NORM_LIMIT = 10**9  # repr computes the norm of an unsaved vector up to this many parameters (seconds on a CPU)
+
+
+class DegenerateWarning(UserWarning):
+    """A result that is formally valid but means nothing (a zero skill vector, a constant reward, ...)."""
 
 
 def _finite_scalar(x, what: str) -> float:
@@ -50,17 +57,19 @@ def _finite_scalar(x, what: str) -> float:
     return x
 
 
-def _row_overlap(name: str, a: tuple, b: tuple, vocab: str, what: str) -> tuple | None:
-    """Shape both sides agree on, or an error naming the tensor. Row-only differences of embeddings may overlap."""
+def _row_overlap(name: str, a: tuple, b: tuple, vocab: str, what_a: str, what_b: str) -> tuple | None:
+    """Shape both sides agree on, or an error naming the tensor and which side has which shape.
+
+    Row-only differences of embeddings may overlap (vocab="overlap")."""
     if a == b:
         return a
     if len(a) == len(b) and a[1:] == b[1:] and EMBEDDING_NAME.search(name):
         if vocab == "overlap":
             return (min(a[0], b[0]),) + a[1:]
         raise CheckpointError(
-            f"{what}: tensor {name!r} has {a[0]} vs {b[0]} vocabulary rows; pass vocab='overlap' "
+            f"tensor {name!r} has {a[0]} vocabulary rows in {what_a} but {b[0]} in {what_b}; pass vocab='overlap' "
             "(CLI: --vocab overlap) to combine the shared rows and keep the extra ones unchanged")
-    raise CheckpointError(f"{what}: tensor {name!r} has shape {a} vs {b}")
+    raise CheckpointError(f"tensor {name!r} has shape {a} in {what_a} but {b} in {what_b}")
 
 
 class LinearCombination:
@@ -70,23 +79,29 @@ class LinearCombination:
     Otherwise sources may be sparse (LoRA deltas, sparse vectors): a missing tensor counts as zero.
     """
 
-    def __init__(self, terms: list[tuple[float, TensorSource]], strict: bool, vocab: str = "error"):
+    def __init__(self, terms: list[tuple[float, TensorSource]], strict: bool, vocab: str = "error",
+                 labels: list[str] | None = None):
         if vocab not in VOCAB_POLICIES:
             raise ValueError(f"vocab must be one of {VOCAB_POLICIES}, got {vocab!r}")
         self.terms = terms
         self._keysets = [set(src.keys()) for _, src in terms]
         self._shapes: dict[str, tuple] = {}
-        first = terms[0][1]
-        for _, src in terms:
-            if strict and set(src.keys()) != set(first.keys()):
-                missing = sorted(set(first.keys()) - set(src.keys()))
-                extra = sorted(set(src.keys()) - set(first.keys()))
-                raise CheckpointError(
-                    f"{src!r} vs {first!r}: different tensors (missing {missing[:3]}, extra {extra[:3]}"
-                    f"{', ...' if len(missing) + len(extra) > 6 else ''}); are these the same architecture?")
+        names = [f"{label} ({src!r})" if label else repr(src) for label, (_, src) in
+                 zip(labels or [None] * len(terms), terms)]
+        first, first_keys = names[0], self._keysets[0]
+        seen_in: dict[str, str] = {}
+        for (_, src), keys, what in zip(terms, self._keysets, names):
+            if strict and keys != first_keys:
+                only_first, only_this = sorted(first_keys - keys), sorted(keys - first_keys)
+                lists = [f"{len(only_first)} only in {first} (e.g. {only_first[:3]})" if only_first else "",
+                         f"{len(only_this)} only in {what} (e.g. {only_this[:3]})" if only_this else ""]
+                raise CheckpointError(f"different tensors: {'; '.join(x for x in lists if x)}; "
+                                      "are these the same architecture?")
             for name in src.keys():
                 shape = tuple(src.shape(name))
-                self._shapes[name] = _row_overlap(name, self._shapes.get(name, shape), shape, vocab, repr(src))
+                self._shapes[name] = _row_overlap(name, self._shapes.get(name, shape), shape, vocab,
+                                                  seen_in.get(name, what), what)
+                seen_in.setdefault(name, what)
 
     def keys(self) -> list[str]:
         return list(self._shapes)
@@ -124,6 +139,7 @@ class DenseWithAdapter:
                     f"{adapter!r}: ΔW for {name!r} is {adapter.shape(name)}, base has {base.shape(name)}")
         self.base, self.adapter = base, adapter
         self.path, self.config, self.shards = adapter.path, base.config, base.shards
+        self.is_skill_vector = False
         self.architecture, self.dtype, self.tensors = base.architecture, base.dtype, base.tensors
 
     def __repr__(self):
@@ -141,14 +157,28 @@ class DenseWithAdapter:
 
 
 def open_model(path, base=None) -> Checkpoint | DenseWithAdapter:
-    """A full model from a checkpoint dir/file, or from a peft adapter dir plus its base model."""
+    """A full model from a checkpoint dir/file, or from a peft adapter dir plus its base model.
+
+    A LoRA adapter without `base` uses the base model its adapter_config records, if that dir exists.
+    A saved skill vector is refused: it is a delta, not a model."""
     if is_adapter(path):
         adapter = LoraAdapter(path)
         base = base or adapter.base_model
         if not base or not Path(base).exists():
-            raise CheckpointError(f"{path}: a LoRA adapter needs its base model: pass base= (CLI: --base DIR)")
-        return DenseWithAdapter(Checkpoint(base), adapter)
-    return Checkpoint(path)
+            recorded = f" (its adapter_config names {adapter.base_model!r}, not found here)" if adapter.base_model \
+                else ""
+            raise CheckpointError(f"{path}: a LoRA adapter needs its base model{recorded}: pass base= "
+                                  "(CLI: --base DIR)")
+        return DenseWithAdapter(_model_checkpoint(base), adapter)
+    return _model_checkpoint(path)
+
+
+def _model_checkpoint(path) -> Checkpoint:
+    ckpt = Checkpoint(path)
+    if ckpt.is_skill_vector:
+        raise CheckpointError(f"{path}: is a skill vector (saved by pastkit), not a model; "
+                              "a model is expected here")
+    return ckpt
 
 
 def open_delta(path, base=None, vocab: str = "error") -> TensorSource:
@@ -156,25 +186,40 @@ def open_delta(path, base=None, vocab: str = "error") -> TensorSource:
     if is_adapter(path):
         return LoraAdapter(path)
     ckpt = Checkpoint(path)
-    if META_KEY in _file_metadata(ckpt):
+    if ckpt.is_skill_vector:
         return ckpt  # a saved skill vector is itself a delta
     if base is None:
         raise CheckpointError(f"{path}: a dense checkpoint is weights, not a delta; pass its base model")
-    return LinearCombination([(1.0, ckpt), (-1.0, Checkpoint(base))], strict=True, vocab=vocab)
+    return LinearCombination([(1.0, ckpt), (-1.0, _model_checkpoint(base))], strict=True, vocab=vocab,
+                             labels=["model", "base"])
 
 
 def _inputs(source) -> list:
     return source.inputs() if hasattr(source, "inputs") else [source]
 
 
-def _file_metadata(ckpt: Checkpoint) -> dict:
-    return ckpt.shards[0][2] if len(ckpt.shards) == 1 else {}
+def _paths(source) -> list[Path]:
+    """Every file or dir a tensor source reads: what an output must stay apart from."""
+    out = []
+    for s in _inputs(source):
+        out.append(Path(s.path))
+        if isinstance(s, DenseWithAdapter):
+            out.append(Path(s.base.path))
+    return out
+
+
+def is_model_metadata(name: str) -> bool:
+    """Files of a model dir that describe it (config, tokenizer, chat template, licence), not weights."""
+    if name.endswith(".index.json") or name == "pastkit_provenance.json":
+        return False
+    return name.endswith((".json", ".txt", ".model", ".jinja", ".tiktoken", ".md")) or name.startswith(
+        ("LICENSE", "NOTICE"))
 
 
 def _describe(path) -> dict:
     path = Path(path)
     cfg_file = path / "config.json"
-    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    cfg = read_json(cfg_file) if cfg_file.exists() else {}
     return {"path": str(path), "architecture": (cfg.get("architectures") or [None])[0],
             "model_type": cfg.get("model_type"), "adapter": is_adapter(path)}
 
@@ -186,7 +231,19 @@ class SkillVector:
         self.source, self.meta = source, meta
 
     def __repr__(self):
-        return f"SkillVector({self.meta.get('formula', '?')}, {len(self.keys())} tensors, {self.numel():,} params)"
+        norm = self.meta.get("norm")
+        if norm is None and self.numel() <= LAZY_NORM_LIMIT:
+            norm = self.norm()
+        shown = f"‖v‖={norm:.4g}" if norm is not None else "‖v‖ not computed yet (call .norm())"
+        return (f"SkillVector({self.meta.get('formula', '?')}, {len(self.keys())} tensors, {self.numel():,} params, "
+                f"{shown})")
+
+    def norm(self) -> float:
+        """Frobenius norm over all tensors (reads the vector once; cached in meta)."""
+        if self.meta.get("norm") is None:
+            total = sum(self.get(k).double().pow(2).sum().item() for k in self.keys())
+            self.meta["norm"] = math.sqrt(total)
+        return self.meta["norm"]
 
     @classmethod
     def extract(cls, rl, sft, base=None, vocab: str = "error") -> SkillVector:
@@ -197,7 +254,7 @@ class SkillVector:
             a, b = open_model(rl, base), open_model(sft, base)
             if a.architecture and b.architecture and a.architecture != b.architecture:
                 raise CheckpointError(f"rl is {a.architecture} but sft is {b.architecture}: not the same model")
-            source = LinearCombination([(1.0, a), (-1.0, b)], strict=True, vocab=vocab)
+            source = LinearCombination([(1.0, a), (-1.0, b)], strict=True, vocab=vocab, labels=["rl", "sft"])
         rl_d = _describe(rl)
         meta = {"formula": "rl - sft", "rl": rl_d, "sft": _describe(sft), "base": str(base) if base else None,
                 "architecture": rl_d["architecture"] or _describe(sft)["architecture"]}
@@ -205,9 +262,16 @@ class SkillVector:
 
     @classmethod
     def load(cls, path) -> SkillVector:
+        """A vector saved by `save` (or `pastkit vector extract`); any other safetensors file is refused."""
         ckpt = Checkpoint(path)
-        meta = _file_metadata(ckpt).get(META_KEY)
-        return cls(ckpt, json.loads(meta) if meta else {"formula": str(path)})
+        if not ckpt.is_skill_vector:
+            raise CheckpointError(f"{path}: not a skill vector (no pastkit metadata); is it a model? Make vectors "
+                                  "with `pastkit vector extract` or SkillVector.save")
+        try:
+            meta = json.loads(ckpt.shards[0][2][SKILL_VECTOR_KEY])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: its pastkit metadata is not JSON") from None
+        return cls(ckpt, meta if isinstance(meta, dict) else {"formula": str(path)})
 
     def keys(self) -> list[str]:
         return self.source.keys()
@@ -233,8 +297,9 @@ class SkillVector:
 
     def __mul__(self, c) -> SkillVector:
         c = _finite_scalar(c, "scale")
+        meta = {k: x for k, x in self.meta.items() if k != "norm"}
         return SkillVector(LinearCombination([(c, self.source)], strict=False),
-                           {**self.meta, "formula": f"{c:g} * ({self.meta.get('formula')})"})
+                           {**meta, "formula": f"{c:g} * ({self.meta.get('formula')})"})
 
     __rmul__ = __mul__
 
@@ -251,16 +316,22 @@ class SkillVector:
                 "n_params": self.numel(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "pastkit_version": __version__}
         bar = tqdm(total=len(names), desc="skill vector", unit="tensor", leave=False)
+        sq = [0.0]
 
         def produce(name):
             bar.update()
-            return check_finite(name, self.get(name).to(dtype), _inputs(self.source))
+            t = check_finite(name, self.get(name).to(dtype), _inputs(self.source))
+            sq[0] += t.double().pow(2).sum().item()
+            return t
 
-        with atomic_output(path, force) as tmp:
+        with atomic_output(path, force, inputs=_paths(self.source)) as tmp:
             write_safetensors(tmp, [(n, dtype, self.shape(n)) for n in names], produce,
-                              {META_KEY: json.dumps(meta), "format": "pt"})
+                              {SKILL_VECTOR_KEY: json.dumps(meta), "format": "pt"})
         bar.close()
-        self.meta = meta
+        self.meta = {**meta, "norm": math.sqrt(sq[0])}
+        if sq[0] == 0:
+            warnings.warn(f"{path}: the skill vector is exactly zero ({meta.get('formula')}): the two models are "
+                          "identical, so injecting it changes nothing", DegenerateWarning, stacklevel=2)
         return Path(path)
 
     def apply_to(self, model, out, lam: float = 1.0, base=None, force: bool = False,
@@ -290,10 +361,9 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
     for name in v.keys():
         if name not in target.tensors:
             raise CheckpointError(f"{model}: has no tensor {name!r}, which the skill vector changes")
-        _row_overlap(name, tuple(target.shape(name)), tuple(v.shape(name)), vocab, str(model))
+        _row_overlap(name, tuple(target.shape(name)), tuple(v.shape(name)), vocab, f"the model {model}",
+                     "the skill vector")
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass force=True (CLI: --force) to replace it")
     vkeys = set(v.keys())
     bar = tqdm(total=len(target.tensors), desc=f"inject λ={lam:g}", unit="tensor", leave=False)
 
@@ -311,11 +381,11 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
             merged.add_(delta, alpha=lam)
         return check_finite(name, merged.to(w.dtype), [target] + _inputs(v.source))
 
-    src_dir = Path(base) if isinstance(target, DenseWithAdapter) else Path(target.path)
-    with atomic_output(out, force) as tmp:
+    src_dir = Path(target.base.path if isinstance(target, DenseWithAdapter) else target.path)
+    with atomic_output(out, force, inputs=_paths(target) + _paths(v.source)) as tmp:
         tmp.mkdir()
-        for f in src_dir.iterdir():  # config, tokenizer, generation config: everything but the weights
-            if f.is_file() and not f.name.endswith(".safetensors") and f.name != INDEX_FILE:
+        for f in src_dir.iterdir():  # config, tokenizer, chat template, licence; never another copy of weights
+            if f.is_file() and is_model_metadata(f.name):
                 shutil.copy2(f, tmp / f.name)
         for shard, names, meta in target.shards:
             specs = [(n, target.tensors[n].dtype, target.shape(n)) for n in names]

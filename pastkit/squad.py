@@ -28,7 +28,9 @@ def load_passages(name_or_path: str | Path) -> list[dict]:
         shipped = ", ".join(sorted(p.stem for p in DATA.glob("*.json")))
         raise FileNotFoundError(f"no passages at {name_or_path!r} (shipped splits: {shipped}; or give a path)")
     try:
-        passages = json.loads(path.read_text())
+        passages = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e})") from None
     if not isinstance(passages, list):
@@ -40,6 +42,8 @@ def load_passages(name_or_path: str | Path) -> list[dict]:
         for q in p["questions"]:
             if not isinstance(q, dict) or not {"question", "answer"} <= set(q):
                 raise ValueError(f"{path}: passage {i} has a question without 'question'/'answer': {q!r}")
+            if not all(isinstance(q[k], str) and q[k].strip() for k in ("question", "answer")):
+                raise ValueError(f"{path}: passage {i} has a question or answer that is not a non-empty string: {q!r}")
         p.setdefault("title", "")
     return passages
 

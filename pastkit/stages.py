@@ -1,14 +1,21 @@
-"""Cached, resumable pipeline stages.
+"""Cached, resumable, verified pipeline stages.
 
 A stage's output lives in runs/<name>-<key>/, where key hashes everything it depends on: its own
-parameters and the keys of the stages it consumes. A re-run with the same parameters finds the folder
-and skips the work; a changed parameter changes the key of that stage and of everything downstream only.
+parameters, the keys of the stages it consumes, and the version of the code that builds it. A re-run with
+the same parameters finds the folder and skips the work; a changed parameter changes the key of that
+stage and of everything downstream only.
+
 A stage writes into a temporary folder that is renamed into place when it finishes, so an interrupted
-run leaves no half-written stage and resumes from the last finished one.
+run leaves no half-written stage and resumes from the last finished one. A finished stage records the
+SHA-256 of every file it holds and is verified whenever it is read: an edited or damaged product is an
+error naming the file, never read back as truth. A build that leaves an expected product missing or
+empty (or fails its `check`) has failed: nothing is cached. Two processes asking for the same stage take
+a lock: the second waits and reuses the first one's result.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import time
@@ -16,10 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import atomic_output
+from .outputs import MARKER, atomic_output, remove_stale_temporaries, sha256_file
 from .report import runs_dir
 
 STAGE_FILE = "stage.json"
+LOCKS = ".locks"  # one lock file per stage key, so two processes never build the same stage at once
+
+
+class StageError(RuntimeError):
+    """A stage failed to build or its finished products no longer match their checksums."""
 
 
 @dataclass(frozen=True)
@@ -39,26 +51,72 @@ def stage_key(name: str, inputs: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print) -> Stage:
+def _checksums(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).name not in (STAGE_FILE, MARKER)}
+
+
+def verify(stage_dir: Path) -> None:
+    """Refuse a finished stage whose files were changed, removed or added since it finished."""
+    try:
+        recorded = json.loads((stage_dir / STAGE_FILE).read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StageError(f"{stage_dir}: {STAGE_FILE} is missing or damaged; delete the folder to rebuild the "
+                         "stage") from None
+    actual = _checksums(stage_dir)
+    for rel in sorted(set(recorded) | set(actual)):
+        if recorded.get(rel) != actual.get(rel):
+            what = "is missing" if rel not in actual else "was added" if rel not in recorded else "was changed"
+            raise StageError(f"{stage_dir / rel} {what} since the stage finished (checksum mismatch); the kit "
+                             f"will not read it back as a result. Delete {stage_dir} to rebuild the stage.")
+
+
+def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
+              expect: tuple[str, ...] = (), check: Callable[[Path], None] | None = None) -> Stage:
     """Return the cached stage for (name, inputs), building it with `build(tmp_dir)` if absent.
 
-    `inputs` must be JSON-able; pass upstream Stages as their `.key`.
+    `inputs` must be JSON-able; pass upstream Stages as their `.key`. `expect` names products that must
+    exist and be non-empty; `check(tmp_dir)` may raise to reject an invalid product.
     """
     key = stage_key(name, inputs)
-    path = runs_dir() / f"{name}-{key}"
-    if (path / STAGE_FILE).exists():
-        log(f"[cached] {name} ({path.name})")
+    root = runs_dir()
+    path = root / f"{name}-{key}"
+    (root / LOCKS).mkdir(parents=True, exist_ok=True)
+    with open(root / LOCKS / f"{name}-{key}.lock", "w") as lock:
+        if _try_lock(lock) is False:
+            log(f"[wait]   {name} ({path.name}): another process is building it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / STAGE_FILE).exists():
+            verify(path)
+            log(f"[cached] {name} ({path.name})")
+            return Stage(name, key, path)
+        for leftover in remove_stale_temporaries(root):
+            log(f"[clean]  removed {leftover.name}, left by a run that was killed")
+        log(f"[run]    {name} ({path.name})")
+        t0 = time.time()
+        with atomic_output(path, force=path.exists()) as tmp:
+            tmp.mkdir(parents=True)
+            build(tmp)
+            for product in expect:
+                f = tmp / product
+                if not f.exists() or (f.is_file() and f.stat().st_size == 0) or (f.is_dir() and not any(f.iterdir())):
+                    raise StageError(f"stage {name}: the build left {product} missing or empty; nothing was cached")
+            if check is not None:
+                check(tmp)
+            (tmp / STAGE_FILE).write_text(json.dumps(
+                {"stage": name, "key": key, "inputs": inputs, "seconds": round(time.time() - t0, 1),
+                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sha256": _checksums(tmp)},
+                indent=2, default=str))
+        log(f"[done]   {name} in {time.time() - t0:.0f} s")
         return Stage(name, key, path)
-    log(f"[run]    {name} ({path.name})")
-    t0 = time.time()
-    with atomic_output(path, force=path.exists()) as tmp:
-        tmp.mkdir(parents=True)
-        build(tmp)
-        (tmp / STAGE_FILE).write_text(json.dumps(
-            {"stage": name, "key": key, "inputs": inputs, "seconds": round(time.time() - t0, 1),
-             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2, default=str))
-    log(f"[done]   {name} in {time.time() - t0:.0f} s")
-    return Stage(name, key, path)
+
+
+def _try_lock(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def stage_seconds(stage: Stage) -> float:

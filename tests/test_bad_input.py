@@ -1,5 +1,6 @@
 """Every bad input gets a clear error naming the tensor, and leaves no output behind."""
 
+import json
 import math
 
 import pytest
@@ -27,7 +28,8 @@ def test_different_architecture_names_the_missing_tensor(tmp_path):
 def test_shape_mismatch_names_the_tensor(tmp_path):
     a = save_ckpt(tmp_path / "a", llama_like(1, d=16))
     b = save_ckpt(tmp_path / "b", llama_like(1, d=8))
-    with pytest.raises(CheckpointError, match=r"model\.embed_tokens\.weight. has shape \(32, 16\) vs \(32, 8\)"):
+    want = r"model\.embed_tokens\.weight. has shape \(32, 16\) in rl .*/a.* but \(32, 8\) in sft .*/b"
+    with pytest.raises(CheckpointError, match=want):
         SkillVector.extract(a, b)
 
 
@@ -45,7 +47,8 @@ def test_vocab_mismatch_refused_by_default_overlap_on_request(tmp_path):
     rl = {k: t + 1.0 for k, t in small.items()}
     v = SkillVector.extract(save_ckpt(tmp_path / "rl", rl), save_ckpt(tmp_path / "sft", small))
     target = save_ckpt(tmp_path / "t", big)
-    with pytest.raises(CheckpointError, match=r"embed_tokens.*40 vs 32 vocabulary rows.*overlap"):
+    want = r"embed_tokens.*40 vocabulary rows in the model .* but 32 in the skill vector.*overlap"
+    with pytest.raises(CheckpointError, match=want):
         inject(target, v, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     got = load_dir(inject(target, v, tmp_path / "out", vocab="overlap"))["model.embed_tokens.weight"]
@@ -104,9 +107,12 @@ def test_existing_output_needs_force(trio, tmp_path):
     (tmp_path / "out" / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
         inject(target_dir, v, tmp_path / "out")
+    with pytest.raises(FileExistsError, match="not written by pastkit"):  # force replaces only the kit's own outputs
+        inject(target_dir, v, tmp_path / "out", force=True)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
-    inject(target_dir, v, tmp_path / "out", force=True)
-    assert not (tmp_path / "out" / "precious.txt").exists()
+    inject(target_dir, v, tmp_path / "mine")
+    inject(target_dir, v, tmp_path / "mine", lam=0.5, force=True)  # the kit wrote it: force replaces it
+    assert json.loads((tmp_path / "mine" / "pastkit_provenance.json").read_text())["lam"] == 0.5
     (tmp_path / "v.safetensors").write_text("old")
     with pytest.raises(FileExistsError):
         v.save(tmp_path / "v.safetensors")

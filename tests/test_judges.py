@@ -106,3 +106,101 @@ def test_llm_judge_refuses_a_non_yes_no_reply(endpoint, tmp_path):
     j = LLMJudge(url=endpoint, model="m", cache=tmp_path / "c.jsonl")
     with pytest.raises(JudgeError, match="not yes/no"):
         j.score(Q, GOLD, "x")
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Another host's server: records any request that reaches it (none should)."""
+
+    seen: list = []
+
+    def do_POST(self):
+        type(self).seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.end_headers()
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(handler, host="127.0.0.1"):
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_llm_judge_refuses_redirects_and_never_sends_the_key_elsewhere(tmp_path, monkeypatch):
+    other = _serve(_Recorder, host="127.0.0.2")
+    _Recorder.seen = []
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.2:{other.server_port}/v1/chat/completions")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = _serve(Redirect)
+    monkeypatch.setenv("PASTKIT_JUDGE_API_KEY", "sk-test-secret")
+    j = LLMJudge(url=f"http://127.0.0.1:{server.server_port}/v1", model="m", cache=tmp_path / "c.jsonl")
+    with pytest.raises(JudgeError, match="redirect"):
+        j.score(Q, GOLD, "x")
+    assert _Recorder.seen == []
+    server.shutdown()
+    other.shutdown()
+
+
+def test_llm_judge_has_a_total_deadline_against_a_trickling_server(tmp_path, monkeypatch):
+    import time
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(60):  # one byte every half second: each read is quick, the whole is not
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = _serve(Trickle)
+    monkeypatch.setenv("PASTKIT_JUDGE_TIMEOUT", "2")
+    j = LLMJudge(url=f"http://127.0.0.1:{server.server_port}/v1", model="m", cache=tmp_path / "c.jsonl")
+    t0 = time.monotonic()
+    with pytest.raises(JudgeError, match="2 s deadline"):
+        j.score(Q, GOLD, "x")
+    assert time.monotonic() - t0 < 4
+    server.shutdown()
+
+
+def test_llm_judge_reply_without_content_is_a_clear_error(endpoint, tmp_path):
+    _Endpoint.fail_first, _Endpoint.reply = 0, None
+    j = LLMJudge(url=endpoint, model="m", cache=tmp_path / "c.jsonl")
+    with pytest.raises(JudgeError, match="without text content"):
+        j.score(Q, GOLD, "x")
+
+
+def test_llm_judge_recovers_from_a_damaged_cache_line(endpoint, tmp_path):
+    _Endpoint.fail_first, _Endpoint.reply = 0, "yes"
+    cache = tmp_path / "c.jsonl"
+    LLMJudge(url=endpoint, model="m", cache=cache).score(Q, GOLD, "first")
+    with open(cache, "a") as f:
+        f.write('{"key": "abc", "sco')  # the disk filled up mid-write
+    seen = []
+    j = LLMJudge(url=endpoint, model="m", cache=cache, log=seen.append)
+    assert len(seen) == 1 and "line 2 is damaged" in seen[0]
+    assert j.score(Q, GOLD, "first") == 1.0 and len(_Endpoint.calls) == 1  # the good line was kept
+    j.score(Q, GOLD, "second")
+    lines = cache.read_text().splitlines()
+    assert json.loads(lines[-1])["score"] == 1.0  # the new verdict is on a line of its own
+    assert len(LLMJudge(url=endpoint, model="m", cache=cache, log=seen.append).cache) == 2
