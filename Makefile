@@ -16,7 +16,7 @@ test: .venv/.installed
 	$(PY) -m pytest -q tests
 
 figures: .venv/.installed
-	.venv/bin/pastkit run --profile $(PROFILE)
+	.venv/bin/pastkit run --profile $(PROFILE) $(if $(filter cpu,$(PROFILE)),--reference)
 
 lint: .venv/.installed
 	.venv/bin/ruff check pastkit tests bench

@@ -17,7 +17,8 @@ pastkit: Parametric Skill Transfer (PaST) tools.
   pastkit vector extract --rl RL --sft SFT -o v.safetensors
   pastkit vector inject --model T --vector v.safetensors --lam 1.0 -o OUT
   pastkit cosine --base BASE A B -o table.csv --heatmap fig.png
-  pastkit run --profile cpu                            execute every notebook with papermill
+  pastkit run --profile smoke                          execute every notebook with papermill
+  pastkit run --profile cpu --reference                the reference run: regenerate figures/ (make figures)
 
 Checkpoints are HF model dirs with safetensors weights (sharded or not) or peft LoRA adapter dirs.
 Pickle weights are never loaded. Outputs are written atomically; an existing output needs --force.
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute the notebooks of a params profile with papermill")
     run.add_argument("--profile", default="cpu", help="a name in params/ (smoke, cpu, paper) or a YAML path")
     run.add_argument("--only", nargs="*", help="notebook names to run (default: all, in order)")
+    run.add_argument("--reference", action="store_true",
+                     help="write the committed reference results into figures/ (cpu profile only; `make figures`)")
     return p
 
 
@@ -121,7 +124,7 @@ def _dispatch(args) -> int:
             print(f"pastkit: warning: {s['zero_delta_tensors']} of {s['tensors']} tensors are unchanged in A or B "
                   "(zero delta): their cosine is undefined and left out of the summary", file=sys.stderr)
         print(f"{s['tensors']} tensors  mean |cos| {s['mean_abs_cos']:.4g}  max |cos| {s['max_abs_cos']:.4g}  "
-              f"random baseline {s['random_baseline']:.3g}")
+              f"×random {s['times_random']:.3g} (1 = unrelated directions)")
         if args.heatmap:
             import matplotlib
             matplotlib.use("Agg")
@@ -130,7 +133,7 @@ def _dispatch(args) -> int:
                 ax.figure.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
     elif args.command == "run":
         from .driver import run_profile
-        run_profile(args.profile, only=args.only)
+        run_profile(args.profile, only=args.only, reference=args.reference)
     return 0
 
 

@@ -1,7 +1,9 @@
 """Regenerate every figure and table of a params profile: each notebook, in order, through papermill.
 
 Executed copies go to executed/<profile>/ (ignored by git); the committed notebooks stay output-free.
-A profile key that no notebook declares in its `parameters` cell is refused before anything runs.
+A profile key that no notebook declares in its `parameters` cell is refused, and every notebook's
+parameters and input files are validated, before anything runs. Only the reference run (`--reference`,
+the cpu profile; `make figures`) writes into figures/; any other run writes to its own results folder.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import SquadParams, load_profile
-from .report import ROOT
+from .benchmarks import get_benchmark
+from .config import load_profile
+from .report import FIGURES, ROOT, results_folder
 
-NOTEBOOKS = ["01_orthogonality", "02_squad"]
+# The notebooks in order, each with the benchmark whose parameters it takes.
+NOTEBOOKS = {"01_orthogonality": "squad", "02_squad": "squad"}
+REFERENCE_PROFILE = "cpu"
 
 
 def notebook_path(name: str) -> Path:
@@ -24,31 +29,43 @@ def declared_parameters(name: str) -> set[str]:
     return set(pm.inspect_notebook(str(notebook_path(name))))
 
 
-def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | None = None) -> list[Path]:
+def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | None = None,
+                reference: bool = False, log=print) -> list[Path]:
     """Execute the notebooks (all, or `only`) with the profile's parameters; return the executed copies."""
     import papermill as pm
 
     values = load_profile(profile)
-    names = only or NOTEBOOKS
+    label = values.get("profile", Path(profile).stem)
+    if reference:
+        if Path(profile).stem != REFERENCE_PROFILE or label != REFERENCE_PROFILE:
+            raise ValueError(f"the reference results in figures/ come from the {REFERENCE_PROFILE!r} profile only")
+        values = {**values, "results_dir": str(FIGURES.relative_to(ROOT))}
+    values.setdefault("profile", label)
+    names = only or list(NOTEBOOKS)
     unknown = sorted(set(names) - set(NOTEBOOKS))
     if unknown:
-        raise ValueError(f"unknown notebook(s) {unknown}; known: {NOTEBOOKS}")
+        raise ValueError(f"unknown notebook(s) {unknown}; known: {list(NOTEBOOKS)}")
     declared = {n: declared_parameters(n) for n in NOTEBOOKS}
     stray = sorted(set(values) - set().union(*declared.values()))
     if stray:
         raise ValueError(f"profile {profile!r} sets {stray}, which no notebook declares")
-    SquadParams(**values).check_inputs()  # a bad value or input file stops the run before any notebook starts
-    label = values.get("profile", Path(profile).stem)
+    params = {n: {k: v for k, v in values.items() if k in declared[n]} for n in names}
+    for n in names:  # a bad value or input file stops the run before any notebook starts
+        get_benchmark(NOTEBOOKS[n]).params(**params[n]).check_inputs()
     out_dir = Path(out_dir or ROOT / "executed" / label)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
     for name in names:
         t0 = time.time()
-        print(f"== {name} ({label} profile)", flush=True)
+        where = results_folder(get_benchmark(NOTEBOOKS[name]).params(**params[name]))
+        log(f"== {name} ({label} profile) -> results in {where}")
         out = out_dir / f"{name}.ipynb"
-        pm.execute_notebook(str(notebook_path(name)), str(out), cwd=str(ROOT / "notebooks"),
-                            parameters={k: v for k, v in values.items() if k in declared[name]},
-                            log_output=True, progress_bar=False)
-        print(f"== {name} done in {time.time() - t0:.0f} s -> {out}", flush=True)
+        try:
+            pm.execute_notebook(str(notebook_path(name)), str(out), cwd=str(ROOT / "notebooks"),
+                                parameters=params[name], log_output=True, progress_bar=False)
+        except pm.PapermillExecutionError as e:
+            raise RuntimeError(f"{name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                               f"(the executed notebook, with the traceback, is {out})") from None
+        log(f"== {name} done in {time.time() - t0:.0f} s -> {out}")
         done.append(out)
     return done

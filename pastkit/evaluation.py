@@ -1,8 +1,10 @@
-"""Closed-book evaluation (paper Appendix D.4.2) and the intervals every reported number carries.
+"""Intervals every reported number carries, and the table rows built from per-item scores.
 
-Intervals are bootstrap percentile intervals over questions, so they serve the binary LLM judge and the
-continuous token-F1 judge alike. Comparisons between two methods on the same questions use the paired
-bootstrap of the per-question difference, which is far tighter than two overlapping marginal intervals.
+Items cluster: questions about one passage (or document) succeed or fail together, so intervals resample
+documents, not questions (a cluster bootstrap; with one question per document it is the ordinary
+bootstrap). A comparison of two methods on the same items is the paired bootstrap of the per-item
+difference, resampled by document too. With several seeds, an item's score is first averaged over seeds
+(the document interval), and each seed's own mean is reported beside it with a t-interval over seeds.
 """
 
 from __future__ import annotations
@@ -10,35 +12,78 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .generation import generate
-from .squad import QA_PROMPT
+LEVEL = 0.95
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def closed_book_answers(model_dir, items: list[dict], judge, max_new_tokens: int, use_vllm: bool = False,
-                        model_and_tok=None) -> pd.DataFrame:
-    """Greedy answers to `items` ({question, answer}) without the passage, each scored by `judge`."""
-    prompts = [QA_PROMPT.format(question=it["question"]) for it in items]
-    preds = generate(model_dir, prompts, max_new_tokens=max_new_tokens, use_vllm=use_vllm, desc="answer",
-                     model_and_tok=model_and_tok)
-    rows = [{"question": it["question"], "gold": it["answer"], "prediction": p[0],
-             "score": judge.score(it["question"], it["answer"], p[0])} for it, p in zip(items, preds)]
-    return pd.DataFrame(rows)
-
-
-def bootstrap_interval(scores, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap over the items."""
+def bootstrap_interval(scores, groups=None, level: float = LEVEL, n_boot: int = 10_000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap over groups (documents) of items, or over items if no groups."""
     x = np.asarray(scores, dtype=float)
     if len(x) == 0:
         return float("nan"), float("nan"), float("nan")
+    g = np.arange(len(x)) if groups is None else pd.factorize(np.asarray(groups))[0]
+    sums, counts = np.bincount(g, weights=x), np.bincount(g).astype(float)
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    pick = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
     a = (1 - level) / 2
     return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def paired_difference(a, b, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean of a − b, low, high) over paired items (same questions, same order)."""
+def paired_difference(a, b, groups=None, level: float = LEVEL, n_boot: int = 10_000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """(mean of a − b, low, high) over paired items (same items, same order), resampled by group."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
-        raise ValueError(f"paired scores need the same questions: {a.shape} vs {b.shape}")
-    return bootstrap_interval(a - b, level, n_boot, seed)
+        raise ValueError(f"paired scores need the same items: {a.shape} vs {b.shape}")
+    return bootstrap_interval(a - b, groups, level, n_boot, seed)
+
+
+def seed_interval(means) -> tuple[float, float, float]:
+    """(mean, low, high) of per-seed means: a t-interval over seeds (NaN bounds with one seed)."""
+    m = np.asarray(means, dtype=float)
+    if len(m) < 2:
+        return float(m.mean()) if len(m) else float("nan"), float("nan"), float("nan")
+    half = _T95.get(len(m) - 1, 1.96) * m.std(ddof=1) / np.sqrt(len(m))
+    return float(m.mean()), float(m.mean() - half), float(m.mean() + half)
+
+
+def summarize(answers: pd.DataFrame, baseline: str, metrics: tuple[str, ...] = ("score",),
+              by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per method (within each `by` group): each metric in % with its document interval, the paired
+    difference to `baseline` with its interval, and per-seed means with an interval over seeds.
+
+    `answers` has a row per (method, seed, item) with columns method, seed, item, document and the metrics.
+    """
+    rows = []
+    for keys, part in answers.groupby(list(by), sort=False) if by else [((), answers)]:
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        ref_part = part[part.method == baseline]
+        for method, df in part.groupby("method", sort=False):
+            row = dict(zip(by, keys))
+            row.update({"method": method, "n_items": df["item"].nunique(), "n_documents": df["document"].nunique(),
+                        "seeds": df["seed"].nunique()})
+            for m in metrics:
+                per_item = df.groupby("item", sort=False).agg(v=(m, "mean"), document=("document", "first"))
+                mean, lo, hi = bootstrap_interval(per_item["v"], per_item["document"])
+                ref = ref_part.groupby("item", sort=False)[m].mean().reindex(per_item.index)
+                d, dlo, dhi = paired_difference(per_item["v"], ref, per_item["document"])
+                per_seed = df.groupby("seed")[m].mean()
+                _, slo, shi = seed_interval(per_seed)
+                row.update({m: 100 * mean, f"{m}_ci_low": 100 * lo, f"{m}_ci_high": 100 * hi,
+                            f"{m}_vs_baseline": 100 * d, f"{m}_vs_baseline_ci_low": 100 * dlo,
+                            f"{m}_vs_baseline_ci_high": 100 * dhi,
+                            f"{m}_seed_ci_low": 100 * slo, f"{m}_seed_ci_high": 100 * shi,
+                            f"{m}_per_seed": "; ".join(f"{s}: {100 * v:.1f}" for s, v in per_seed.items())})
+            rows.append(row)
+    return pd.DataFrame(rows).round(2)
+
+
+def verdict(diff: float, low: float, high: float) -> str:
+    """Words for a paired difference with its interval."""
+    if low > 0:
+        return "better: the interval excludes zero"
+    if high < 0:
+        return "worse: the interval excludes zero"
+    return "this run cannot tell them apart (the interval includes zero)"

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
+
+from .training import interactive
 
 
 def load_model(path, dtype=torch.float32):
@@ -50,7 +52,7 @@ def generate(model_dir, prompts: list[str], max_new_tokens: int, samples: int = 
     torch.manual_seed(seed)
     texts = [chat_text(tok, p) for p in prompts]
     out: list[list[str]] = []
-    for i in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
+    for i in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False, disable=not interactive()):
         batch = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None) \
             if temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)

@@ -1,19 +1,24 @@
 """Knowledge injection by SFT (paper Sec. 4.2 Stage I/II; SEAL protocol, Appendix D.2, Table 8).
 
-Two regimes: full fine-tuning on many documents at once (continued pretraining, CPT) and a LoRA update
-on one passage (single-passage test-time training). Both run trl's SFTTrainer on plain-text documents;
-the LoRA regime saves a peft adapter dir, which every parameter-space tool in pastkit accepts.
+`train_sft` fine-tunes a model on a list of records in any of trl's three dataset formats: plain text
+(`{"text"}`, language modelling on the whole document), prompt-completion (`{"prompt", "completion"}`,
+loss on the completion) or chat (`{"messages"}`). Full fine-tuning saves a model dir; LoRA (spec.lora_r)
+saves a peft adapter dir, which every parameter-space tool in pastkit accepts. The loss curve and whether
+it fell go to out/train_log.json and out/summary.json: an SFT whose loss did not fall is flagged.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .training import curve, device_args, falling, interactive, progress_callback, quiet_trainer
 
 # LoRA targets: all attention and MLP projections (kit choice; the paper defers to SEAL's list).
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FORMATS = ({"text"}, {"prompt", "completion"}, {"messages"})
 
 
 @dataclass(frozen=True)
@@ -29,22 +34,28 @@ class SFTSpec:
     lora_alpha: int | None = None
 
 
-def train_sft(base_dir, texts: list[str], out: Path, spec: SFTSpec, seed: int) -> None:
-    """Fine-tune `base_dir` on `texts` (language modelling on each whole document) and save to `out`.
+def record_format(records: list[dict]) -> set[str]:
+    """The dataset format of `records` (one of FORMATS), or a ValueError saying what is wrong."""
+    if not records:
+        raise ValueError("SFT needs at least one record")
+    keys = set(records[0])
+    if keys not in FORMATS or any(set(r) != keys for r in records):
+        raise ValueError(f"SFT records must all have the keys of one format {[sorted(f) for f in FORMATS]}; "
+                         f"the first has {sorted(keys)}")
+    return keys
 
-    Full fine-tuning saves a model dir (safetensors + tokenizer); LoRA saves a peft adapter dir whose
-    adapter_config points at `base_dir`. The loss curve goes to out/train_log.json.
-    """
+
+def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: int, log=print) -> dict:
+    """Fine-tune `start_dir` on `records` and save to `out`; returns the summary (loss start/end, fell?)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    if not texts:
-        raise ValueError("SFT needs at least one document")
-    tok = AutoTokenizer.from_pretrained(base_dir)
+    keys = record_format(records)
+    tok = AutoTokenizer.from_pretrained(start_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(start_dir, use_safetensors=True, trust_remote_code=False)
     peft_config = None
     if spec.lora_r:
         from peft import LoraConfig
@@ -52,11 +63,13 @@ def train_sft(base_dir, texts: list[str], out: Path, spec: SFTSpec, seed: int) -
                                  target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     args = SFTConfig(output_dir=str(out / "_trainer"), num_train_epochs=spec.epochs, learning_rate=spec.lr,
                      per_device_train_batch_size=spec.batch, gradient_accumulation_steps=spec.grad_accum,
-                     max_length=spec.max_len, packing=False, dataset_text_field="text", seed=seed,
-                     use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
-                     report_to="none", logging_steps=1, disable_tqdm=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-                         processing_class=tok, peft_config=peft_config)
+                     max_length=spec.max_len, packing=False, seed=seed, save_strategy="no", report_to="none",
+                     logging_steps=1, disable_tqdm=not interactive(), **device_args(),
+                     **({"dataset_text_field": "text"} if keys == {"text"} else {}))
+    data = Dataset.from_list(records)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
+                         callbacks=[progress_callback("sft", ("loss",), log)])
+    quiet_trainer(trainer)
     trainer.train()
     trainer.model.save_pretrained(out)
     if peft_config is None:
@@ -64,7 +77,13 @@ def train_sft(base_dir, texts: list[str], out: Path, spec: SFTSpec, seed: int) -
     else:  # record the base by absolute path so the adapter resolves wherever it is opened from
         cfg_path = out / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
+        cfg["base_model_name_or_path"] = str(Path(start_dir).resolve())
         cfg_path.write_text(json.dumps(cfg, indent=2))
+    losses = curve(trainer.state.log_history, "loss")
+    summary = {"records": len(records), "format": sorted(keys), "spec": asdict(spec), "steps": trainer.state.max_steps,
+               "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+               "loss_fell": falling(losses)}
     (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(out / "_trainer", ignore_errors=True)
+    return summary

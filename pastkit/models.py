@@ -9,6 +9,7 @@ other local model. The package itself is never imported (it imports `llm`); only
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -90,9 +91,8 @@ def make_tiny_tokenizer(vocab_size: int = 384):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from .squad import load_passages
-
-    texts = [p["context"] for p in load_passages("train_round1_50")]
+    corpus = Path(__file__).parent / "data" / "squad" / "train_round1_50.json"  # any English text would do
+    texts = [p["context"] for p in json.loads(corpus.read_text())]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -2,8 +2,12 @@
 
 For every tensor both deltas change, the Frobenius cosine ⟨ΔA, ΔB⟩_F / (‖ΔA‖_F‖ΔB‖_F), with norms and sizes,
 in one streaming pass. Beside each cosine stands the random-direction baseline 1/√n: the standard deviation
-of the cosine between two independent random directions in n dimensions. A measured |cos| of a few times
-1/√n or less is what chance gives; "near zero" only means something relative to it.
+of the cosine between two independent random directions in n dimensions.
+
+One definition of "× random" is used everywhere (tables, titles, notebook text): the mean over tensors of
+|cos|·√n, divided by √(2/π) ≈ 0.80, which is the expected |cos|·√n of two unrelated directions. So ×random
+= 1 is exactly what unrelated directions give, 3 means three times as aligned as chance, and "near zero"
+only means something relative to it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import re
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .checkpoint import CheckpointError, TensorSource
 from .skill_vector import open_delta
+from .training import interactive
 
 # Column order of the heatmap: attention, MLP, then the two per-layer norms (Llama/Qwen naming).
 MODULE_ORDER = ["q", "k", "v", "o", "gate", "up", "down", "attn_norm", "mlp_norm"]
@@ -41,7 +46,7 @@ def cosine_table(delta_a: TensorSource, delta_b: TensorSource) -> pd.DataFrame:
     if not common:
         raise ValueError("the two deltas share no tensor names; are they from the same architecture?")
     rows = []
-    for name in tqdm(common, desc="cosine", unit="tensor", leave=False):
+    for name in tqdm(common, desc="cosine", unit="tensor", leave=False, disable=not interactive()):
         a, b = delta_a.get(name).float(), delta_b.get(name).float()
         if a.shape != b.shape:
             raise ValueError(f"tensor {name!r}: delta shapes differ, {tuple(a.shape)} in A vs {tuple(b.shape)} in B")
@@ -64,6 +69,15 @@ def cosine_between(a, b, base=None, vocab: str = "error") -> pd.DataFrame:
     return cosine_table(open_delta(a, base, vocab), open_delta(b, base, vocab))
 
 
+UNRELATED = math.sqrt(2 / math.pi)  # E|cos|·√n for two independent random directions (|N(0,1)| mean)
+
+
+def times_random(table: pd.DataFrame) -> float:
+    """Mean |cos|·√n over tensors with a defined cosine, in units of what unrelated directions give (1.0)."""
+    defined = table[table["cos"].notna()]
+    return float((defined["cos"].abs() / defined["random_baseline"]).mean() / UNRELATED)
+
+
 def summarize(table: pd.DataFrame, pair: str) -> dict:
     """One line per pair: mean and max |cos| over the tensors where it is defined, beside the random baseline.
 
@@ -73,27 +87,59 @@ def summarize(table: pd.DataFrame, pair: str) -> dict:
     c = defined["cos"].abs()
     return {"pair": pair, "tensors": len(table), "mean_abs_cos": c.mean(), "max_abs_cos": c.max(),
             "random_baseline": defined["random_baseline"].mean(),
-            "mean_abs_cos_over_baseline": (c / defined["random_baseline"]).mean(),
+            "times_random": times_random(table),
             "zero_delta_tensors": len(table) - len(defined)}
 
 
 def heatmap(table: pd.DataFrame, title: str, ax=None, vmax: float | None = None):
-    """Layers × modules heatmap of cos (paper Fig. 2 style): diverging colormap centred at 0."""
+    """Layers × modules heatmap of cos (paper Fig. 2 style): diverging colormap centred at 0.
+
+    The colour scale is the panel's own largest |cos| unless `vmax` is given, so small cosines stay visible;
+    tensors without a defined cosine (a zero delta) are grey and counted in the title, never a blank scale.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     layered = table[table["layer"].notna() & ~table["module"].str.endswith(".bias")]
-    grid = layered.pivot_table(index="layer", columns="module", values="cos", aggfunc="first")
+    grid = layered.pivot_table(index="layer", columns="module", values="cos", aggfunc="first", dropna=False)
     grid = grid[[m for m in MODULE_ORDER if m in grid.columns] + sorted(set(grid.columns) - set(MODULE_ORDER))]
     grid.index = grid.index.astype(int)
     if ax is None:
         _, ax = plt.subplots(figsize=(1.0 + 0.7 * grid.shape[1], 1.2 + 0.28 * grid.shape[0]))
-    lim = vmax or max(float(grid.abs().max().max()), 1e-6)
+    finite = grid.abs().stack().dropna()
+    lim = vmax if vmax and math.isfinite(vmax) else (float(finite.max()) if len(finite) and finite.max() > 0 else 1.0)
+    ax.set_facecolor("#bdbdbd")  # undefined cells (NaN) show as grey
     sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, annot=grid.shape[0] <= 12,
                 fmt=".2f", cbar_kws={"label": "cosine similarity"}, linewidths=0.3)
-    base = table["random_baseline"].mean()
-    ax.set_title(f"{title}\nmean |cos| = {table['cos'].abs().mean():.3g}   (random 1/√n ≈ {base:.1g})",
-                 fontsize=10)
+    undefined = int(table["cos"].isna().sum())
+    note = f"; {undefined} tensors with a zero delta (grey, no cosine)" if undefined else ""
+    mean = table["cos"].abs().mean()
+    ax.set_title(f"{title}\nmean |cos| = {mean:.3g}, ×random = {times_random(table):.2g} "
+                 f"(1 = unrelated directions){note}", fontsize=9)
     ax.set_xlabel("module")
     ax.set_ylabel("layer")
     return ax
+
+
+def conclusion(summary: pd.DataFrame) -> str:
+    """The paper's orthogonality claims, checked in words against a summary table (rows from `summarize`)."""
+    rows = summary.set_index("pair")
+    lines = []
+    for pair, r in rows.iterrows():
+        if int(r.zero_delta_tensors) == int(r.tensors):
+            lines.append(f"{pair}: undefined: one update is exactly zero in every tensor (nothing was learned).")
+            continue
+        zero = f", {int(r.zero_delta_tensors)} of {int(r.tensors)} tensors with a zero delta left out" \
+            if r.zero_delta_tensors else ""
+        lines.append(f"{pair}: mean |cos| = {r.mean_abs_cos:.3g}, ×random = {r.times_random:.2g}{zero}.")
+    sft_rl = [p for p in rows.index if "ΔRL" in p and pd.notna(rows.loc[p, "times_random"])]
+    if "ΔSFT1 vs ΔSFT2" in rows.index and sft_rl:
+        a = rows.loc[sft_rl, "times_random"].mean()
+        b = rows.loc["ΔSFT1 vs ΔSFT2", "times_random"]
+        lines.append(f"Knowledge vs skill updates (×random {a:.2g} on average) against two knowledge updates "
+                     f"(×random {b:.2g}): the SFT-vs-SFT control is {b / a:.1f}× as aligned. "
+                     + ("ΔSFT and ΔRL are the closer to orthogonal, as the paper claims."
+                        if b > a else "This run does not support the paper's claim."))
+    elif any("ΔRL" in p for p in rows.index):
+        lines.append("No ΔSFT-vs-ΔRL cosine is defined, so this run cannot test the orthogonality claim.")
+    return "\n".join(lines)

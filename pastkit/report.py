@@ -1,9 +1,11 @@
 """Where results go, and what they carry: every figure and table is written here, with provenance.
 
-Figures and tables land in figures/ for the cpu profile (the kit's main job) and figures/<profile>/ for
-any other, each beside a `<name>.provenance.json` saying which profile, model, parameters, seeds, commit
-and pastkit version made it. $PASTKIT_FIGURES and $PASTKIT_RUNS move the two folders (tests use them).
-Writes are atomic: a crash never leaves half a PNG or CSV.
+The committed reference results in figures/ are written only by the reference run (`make figures`, which
+runs the cpu profile with `results_dir` set to figures/). Every other run (papermill with overrides, a custom
+profile, JupyterLab) writes to results/<profile>-<hash of its parameters>/, so two runs with different
+parameters never overwrite each other, and says where. Each file gets a `<name>.provenance.json` record
+(profile, model, every parameter, seeds, flags, commit, pastkit version, checksum); writes are atomic.
+$PASTKIT_RESULTS and $PASTKIT_RUNS move the results and stage folders (tests use them).
 """
 
 from __future__ import annotations
@@ -11,17 +13,23 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .outputs import atomic_output
 
 ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "figures"
 
 
-def figures_dir(profile: str) -> Path:
-    base = Path(os.environ.get("PASTKIT_FIGURES", ROOT / "figures"))
-    return base if profile == "cpu" else base / profile
+def results_folder(params) -> Path:
+    """This configuration's results folder: `params.results_dir` if set (relative to the repository), else
+    results/<profile>-<hash>."""
+    if params.results_dir:
+        path = Path(params.results_dir).expanduser()
+        return path if path.is_absolute() else ROOT / path
+    return Path(os.environ.get("PASTKIT_RESULTS", ROOT / "results")) / f"{params.profile}-{params.digest()}"
 
 
 def runs_dir() -> Path:
@@ -42,25 +50,45 @@ def git_commit() -> str | None:
 def provenance(params, notebook: str, **extra) -> dict:
     p = params.as_dict()
     return {"notebook": notebook, "profile": p.get("profile"), "model": p.get("model"), "seeds": p.get("seeds"),
-            "params": p, "commit": git_commit(), "pastkit_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+            "lam": p.get("lam"), "rounds": p.get("rounds"), "judge": p.get("judge"), "params": p,
+            "commit": git_commit(), "pastkit_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra}
 
 
 def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:
-    """Save a matplotlib figure as figures/<name>.png with its provenance record."""
-    path = figures_dir(params.profile) / f"{name}.png"
+    """Save a matplotlib figure as <results>/<name>.png, captioned with what produced it, with provenance."""
+    fig.text(0.0, -0.01, params.caption(), fontsize=7, color="#555555", va="top", transform=fig.transFigure)
+    path = results_folder(params) / f"{name}.png"
     with atomic_output(path, force=True, provenance=provenance(params, notebook, **extra)) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
     return path
 
 
 def save_table(df, name: str, params, notebook: str, markdown: str | None = None, **extra) -> Path:
-    """Save a DataFrame as figures/<name>.csv (and a Markdown rendering, if given) with provenance."""
-    path = figures_dir(params.profile) / f"{name}.csv"
+    """Save a DataFrame as <results>/<name>.csv (and a Markdown rendering, if given) with provenance."""
     prov = provenance(params, notebook, **extra)
+    path = results_folder(params) / f"{name}.csv"
     with atomic_output(path, force=True, provenance=prov) as tmp:
         df.to_csv(tmp, index=False)
     if markdown is not None:
         with atomic_output(path.with_suffix(".md"), force=True, provenance=prov) as tmp:
             tmp.write_text(markdown + "\n")
     return path
+
+
+def quiet_libraries() -> None:
+    """Keep executed notebooks readable: no library progress bars or deprecation chatter in cell outputs.
+
+    pastkit's own warnings (degenerate results) stay visible; only warnings raised inside the libraries
+    below are silenced.
+    """
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    for module in ("transformers", "trl", "peft", "torch", "accelerate", "datasets", "seaborn", "matplotlib",
+                   "huggingface_hub", "jupyter_client", "tqdm"):
+        warnings.filterwarnings("ignore", module=module)
+    import datasets
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()

@@ -1,15 +1,25 @@
-"""Skill acquisition by RL: GRPO on closed-book questions, reward = the judge (paper Sec. 4.2, Table 9).
+"""Skill acquisition by RL: GRPO on closed-book tasks (paper Sec. 4.2, Table 9), through trl's GRPOTrainer.
 
-trl's GRPOTrainer does the work. Its KL term with beta > 0 is the k3 estimator, the "low_var_kl" of the
-paper's verl setup. Rollouts use vLLM only when asked and available (a GPU and the [gpu] extra).
+An `RLTask` is what a benchmark hands the engine: prompts (user strings or chat messages), extra columns
+forwarded to the reward functions, and the reward functions themselves in trl's form
+`reward(prompts, completions, **columns) -> list[float | None]`; or, for multi-turn episodes, trl's
+`rollout_func` returning token ids, logprobs and an `env_mask` (1 = model token, 0 = environment text kept
+out of the loss). trl's KL term with beta > 0 is the k3 estimator, the "low_var_kl" of the paper's verl setup.
+
+The run is read back, not trusted: the reward curve's start and end (with intervals) and whether rewards
+ever varied within a group (if never, every advantage is 0 and GRPO learns nothing) go to summary.json.
+With `save_every`, intermediate policies are kept under checkpoints/step-N for selection on a validation split.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .training import curve, device_args, interactive, progress_callback, quiet_trainer, start_end
 
 
 @dataclass(frozen=True)
@@ -26,17 +36,24 @@ class GRPOSpec:
     top_k: int
     max_new_tokens: int
     use_vllm: bool = False
+    save_every: int = 0     # keep the policy every N optimizer steps (0: only the final one)
 
 
-def train_grpo(init_dir, prompts: list[str], golds: list[str], questions: list[str], judge, out: Path,
-               spec: GRPOSpec, seed: int) -> None:
-    """Full-parameter GRPO from `init_dir` on (prompt → gold answer); saves the policy to `out`.
+@dataclass
+class RLTask:
+    """Prompts, the columns reward functions read, and the rewards (or a multi-turn rollout)."""
 
-    `prompts` are the user messages (the chat template is applied by trl); the reward of a completion is
-    judge.score(question, gold, completion). Per-step rewards go to out/train_log.json.
-    """
+    prompts: list
+    reward_funcs: list[Callable]
+    columns: dict[str, list] = field(default_factory=dict)
+    rollout_func: Callable | None = None
+    describe: dict = field(default_factory=dict)  # what defines the task (prompt template, reward), for stage keys
+
+
+def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log=print) -> dict:
+    """Full-parameter GRPO from `init_dir` on `task`; saves the policy to `out`, returns the summary."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(init_dir)
@@ -45,26 +62,35 @@ def train_grpo(init_dir, prompts: list[str], golds: list[str], questions: list[s
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(init_dir, use_safetensors=True, trust_remote_code=False)
     conversational = bool(tok.chat_template)
-    data = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": p}] if conversational else p for p in prompts],
-        "gold": golds, "question": questions})
-
-    def judge_reward(prompts, completions, gold, question, **_):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [judge.score(q, g, t) for q, g, t in zip(question, gold, texts)]
-
-    judge_reward.__name__ = f"reward_{judge.name}"
+    prompts = [[{"role": "user", "content": p}] if conversational and isinstance(p, str) else p for p in task.prompts]
+    data = Dataset.from_dict({"prompt": prompts, **task.columns})
+    device = device_args() if not spec.use_vllm else {"bf16": device_args().get("bf16", False)}
     args = GRPOConfig(output_dir=str(out / "_trainer"), num_train_epochs=spec.epochs, learning_rate=spec.lr,
                       per_device_train_batch_size=spec.group * spec.prompts_per_step,
                       num_generations=spec.group, max_completion_length=spec.max_new_tokens,
                       temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, beta=spec.beta,
-                      use_vllm=spec.use_vllm, seed=seed, use_cpu=not spec.use_vllm, bf16=False,
-                      gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=1,
-                      disable_tqdm=False)
-    trainer = GRPOTrainer(model=model, reward_funcs=judge_reward, args=args, train_dataset=data,
-                          processing_class=tok)
+                      use_vllm=spec.use_vllm, seed=seed, save_strategy="no", report_to="none", logging_steps=1,
+                      disable_tqdm=not interactive(), **device)
+
+    class KeepCheckpoints(TrainerCallback):
+        def on_step_end(self, targs, state, control, model=None, **kw):
+            if spec.save_every and state.global_step % spec.save_every == 0:
+                model.save_pretrained(out / "checkpoints" / f"step-{state.global_step}")
+                tok.save_pretrained(out / "checkpoints" / f"step-{state.global_step}")
+
+    trainer = GRPOTrainer(model=model, reward_funcs=task.reward_funcs, args=args, train_dataset=data,
+                          processing_class=tok, rollout_func=task.rollout_func,
+                          callbacks=[progress_callback("grpo", ("reward", "reward_std"), log), KeepCheckpoints()])
+    quiet_trainer(trainer)
     trainer.train()
     trainer.model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    history = trainer.state.log_history
+    zero_std = curve(history, "frac_reward_zero_std")
+    summary = {"spec": asdict(spec), "steps": trainer.state.max_steps, "reward": start_end(curve(history, "reward")),
+               "reward_never_varied": bool(zero_std) and min(zero_std) == 1.0,
+               "checkpoints": sorted(p.name for p in (out / "checkpoints").glob("step-*"))}
+    (out / "train_log.json").write_text(json.dumps(history, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(out / "_trainer", ignore_errors=True)
+    return summary

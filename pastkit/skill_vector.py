@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import (
@@ -38,6 +38,7 @@ from .checkpoint import (
     write_safetensors,
 )
 from .outputs import atomic_output
+from .training import interactive
 
 VOCAB_POLICIES = ("error", "overlap")
 LAZY_NORM_LIMIT = 10**9  # repr computes the norm of an unsaved vector up to this many parameters (seconds on a CPU)
@@ -315,7 +316,7 @@ class SkillVector:
         meta = {**self.meta, "dtype": str(dtype).removeprefix("torch."), "n_tensors": len(names),
                 "n_params": self.numel(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "pastkit_version": __version__}
-        bar = tqdm(total=len(names), desc="skill vector", unit="tensor", leave=False)
+        bar = tqdm(total=len(names), desc="skill vector", unit="tensor", leave=False, disable=not interactive())
         sq = [0.0]
 
         def produce(name):
@@ -338,6 +339,19 @@ class SkillVector:
                  vocab: str = "error") -> Path:
         """Write θ_model + lam·v to `out` (see `inject`)."""
         return inject(model, self, out, lam=lam, base=base, force=force, vocab=vocab)
+
+
+def add_scaled_(w: torch.Tensor, delta: torch.Tensor, lam: float) -> torch.Tensor:
+    """w + λ·δ in fp32 on the rows both share (vocab="overlap"), cast back to w's dtype.
+
+    In place when w is already fp32 (a fresh tensor in `inject`, a model parameter in `add_vector_`)."""
+    merged = w.float()
+    if merged.dim():
+        rows = min(merged.shape[0], delta.shape[0])
+        merged[:rows].add_(delta[:rows], alpha=lam)
+    else:
+        merged.add_(delta, alpha=lam)
+    return merged.to(w.dtype)
 
 
 def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0, base=None,
@@ -365,21 +379,15 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
                      "the skill vector")
     out = Path(out)
     vkeys = set(v.keys())
-    bar = tqdm(total=len(target.tensors), desc=f"inject λ={lam:g}", unit="tensor", leave=False)
+    bar = tqdm(total=len(target.tensors), desc=f"inject λ={lam:g}", unit="tensor", leave=False,
+               disable=not interactive())
 
     def produce(name):
         bar.update()
         w = target.get(name)
         if name not in vkeys:
             return check_finite(name, w, [target])
-        merged = w.float()
-        delta = v.get(name)
-        if merged.dim():
-            rows = min(merged.shape[0], delta.shape[0])
-            merged[:rows].add_(delta[:rows], alpha=lam)
-        else:
-            merged.add_(delta, alpha=lam)
-        return check_finite(name, merged.to(w.dtype), [target] + _inputs(v.source))
+        return check_finite(name, add_scaled_(w, v.get(name), lam), [target] + _inputs(v.source))
 
     src_dir = Path(target.base.path if isinstance(target, DenseWithAdapter) else target.path)
     with atomic_output(out, force, inputs=_paths(target) + _paths(v.source)) as tmp:

@@ -175,7 +175,7 @@ def test_nan_and_zero_deltas_in_cosine_are_reported(tmp_path, capsys):
 
 @pytest.mark.parametrize("label", ["../escape", "/tmp/abs", "a/b", ".hidden"])
 def test_profile_label_cannot_name_a_path(label):
-    from pastkit.config import SquadParams
+    from pastkit.benchmarks.squad import SquadParams
     with pytest.raises(ValueError, match="plain name"):
         SquadParams(profile=label)
 
@@ -233,8 +233,8 @@ def test_unwritable_output_ends_with_a_message(trio, tmp_path, capsys):
 
 
 def test_malformed_profile_and_passages_files_are_named(tmp_path):
+    from pastkit.benchmarks.squad import load_passages
     from pastkit.config import load_profile
-    from pastkit.squad import load_passages
     (tmp_path / "p.yaml").write_text("lam: [1.0\n")
     with pytest.raises(ValueError, match=r"p\.yaml: not valid YAML"):
         load_profile(tmp_path / "p.yaml")
@@ -285,13 +285,13 @@ def test_two_processes_building_one_stage_build_it_once(tmp_path, monkeypatch):
     ({"rl_prompts": 0}, "rl_prompts=0"), ({"cpt_lr": -1e-5}, "learning rates must be > 0"),
 ])
 def test_bad_parameters_stop_before_any_work(override, message):
-    from pastkit.config import SquadParams
+    from pastkit.benchmarks.squad import SquadParams
     with pytest.raises(ValueError, match=message):
         SquadParams(**override)
 
 
 def test_bad_input_files_stop_before_any_work(tmp_path):
-    from pastkit.config import SquadParams
+    from pastkit.benchmarks.squad import SquadParams
     passages = [{"title": "t", "context": "c", "questions": [{"question": "q?", "answer": "a"}]}]
     good = tmp_path / "good.json"
     good.write_text(json.dumps(passages))

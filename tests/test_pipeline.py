@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pastkit.config import SquadParams, load_profile
+from pastkit.benchmarks.squad import SquadParams, cpt_documents, load_passages, single_documents, source_rounds
+from pastkit.config import load_profile
 from pastkit.evaluation import bootstrap_interval, paired_difference
-from pastkit.report import ROOT
-from pastkit.squad import cpt_documents, load_passages, single_documents, source_rounds
+from pastkit.report import ROOT, results_folder
 from pastkit.stages import run_stage
 
 
@@ -52,11 +52,13 @@ def test_params_are_typed_and_validated():
         SquadParams(use_vllm=1)
     with pytest.raises(ValueError, match="judge"):
         SquadParams(judge="gpt")
+    with pytest.raises(ValueError, match="regimes"):
+        SquadParams(regimes=["both"])
     assert SquadParams(lam=2).lam == 2.0  # an int where a float is expected is fine
 
 
 def test_profiles_and_notebook_parameter_cells_agree():
-    """The parameters cells hold the cpu profile's values; every profile key is a real parameter."""
+    """The parameters cells hold the defaults (the cpu profile); profiles hold only what differs from them."""
     for name in ("01_orthogonality", "02_squad"):
         nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
         cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -65,11 +67,25 @@ def test_profiles_and_notebook_parameter_cells_agree():
         assert values == SquadParams().as_dict()
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
         assert nb.metadata["kernelspec"]["language"] == "python"
+    defaults = SquadParams().as_dict()
     for profile in ("smoke", "cpu", "paper"):
         values = load_profile(profile)
         assert set(values) <= SquadParams.names()
+        assert values["profile"] == profile
+        assert all(v != defaults[k] for k, v in values.items() if k != "profile"), f"{profile} restates a default"
         SquadParams(**values)
-    assert load_profile("cpu") == SquadParams().as_dict()
+
+
+def test_only_the_reference_run_writes_figures(monkeypatch):
+    from pastkit.driver import run_profile
+
+    monkeypatch.delenv("PASTKIT_RESULTS", raising=False)
+    a, b = SquadParams(), SquadParams(lam=0.5)
+    assert results_folder(a).parent == ROOT / "results" and results_folder(a) != results_folder(b)
+    assert results_folder(SquadParams(results_dir="figures")) == ROOT / "figures"
+    assert results_folder(SquadParams(profile="smoke")).name.startswith("smoke-")
+    with pytest.raises(ValueError, match="from the 'cpu' profile only"):
+        run_profile("smoke", reference=True)
 
 
 def test_seal_documents_and_splits():
@@ -107,36 +123,46 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     from pastkit.driver import run_profile
 
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("PASTKIT_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("PASTKIT_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
-    executed = run_profile("smoke", out_dir=tmp_path / "executed")
-    figs = tmp_path / "figures" / "smoke"
+    executed = run_profile("smoke", out_dir=tmp_path / "executed", log=lambda *_: None)
+    (figs,) = (tmp_path / "results").iterdir()
+    assert figs.name == f"smoke-{SquadParams(**load_profile('smoke')).digest()}"
     for name in ("fig2_orthogonality_sft_rl.png", "fig4_orthogonality_sft_sft.png",
                  "orthogonality_skill_vs_target.png", "orthogonality_summary.csv", "table1_squad.csv",
                  "table1_squad.md", "table1_squad.png"):
         assert (figs / name).stat().st_size > 0, name
+        assert json.loads((figs / f"{name}.provenance.json").read_text())["profile"] == "smoke"
     prov = json.loads((figs / "table1_squad.csv.provenance.json").read_text())
-    assert prov["profile"] == "smoke" and prov["model"] == "tiny-random" and prov["params"]["rounds"] == 2
+    assert prov["model"] == "tiny-random" and prov["params"]["rounds"] == 2 and prov["lam"] == 1.0
+    assert any("exactly zero" in f for f in prov["flags"])  # the tiny model's rewards are all 0: said, not hidden
+    assert "tiny-random · λ = 1 · 2 rounds · seed 0 · judge token_f1" in (figs / "table1_squad.md").read_text()
     table = pd.read_csv(figs / "table1_squad.csv")
     assert set(table.regime) == {"cpt", "single"}
     assert list(table[table.regime == "cpt"].method) == ["Base", "Train on Passage", "Train on Passage + Synthetic",
                                                         "PaST (1 round)", "PaST (2 rounds)"]
     assert table.score.between(0, 100).all() and (table.judge == "token_f1").all()
+    assert {"score_vs_baseline", "score_vs_baseline_ci_low", "n_documents", "paper_reported"} <= set(table.columns)
     summary = pd.read_csv(figs / "orthogonality_summary.csv")
     assert list(summary.pair) == ["ΔSFT1 vs ΔRL1", "ΔSFT2 vs ΔRL2", "ΔSFT1 vs ΔSFT2", "v2 vs ΔT_sft"]
     for out in executed:
         nb = nbformat.read(out, as_version=4)
         assert any(c.metadata.get("tags") == ["injected-parameters"] for c in nb.cells)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        noise = [o.text for o in outputs if o.output_type == "stream" and (o.name == "stderr" or "it/s]" in o.text)]
+        assert not noise, noise[:2]  # no progress-bar fragments or library warnings in an executed notebook
+        assert "Conclusion" in nb.cells[-2].source and nb.cells[-1].outputs[0].text.strip()
     stages = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert {"implications", "sft-full", "sft-lora", "grpo", "skill-vector", "inject", "answers"} <= set(stages)
 
-    # a re-run with the same profile builds nothing new; one changed parameter (lam) rebuilds only its dependants
+    # a re-run with the same profile builds nothing new; one changed parameter (lam) rebuilds only its dependants,
+    # and writes to a results folder of its own
     before = {p.name for p in (tmp_path / "runs").iterdir()}
-    run_profile("smoke", out_dir=tmp_path / "executed", only=["02_squad"])
+    run_profile("smoke", out_dir=tmp_path / "executed", only=["02_squad"], log=lambda *_: None)
     assert {p.name for p in (tmp_path / "runs").iterdir()} == before
     changed = tmp_path / "lam.yaml"
     changed.write_text(yaml.safe_dump({**load_profile("smoke"), "lam": 0.5}))
-    run_profile(str(changed), out_dir=tmp_path / "executed", only=["02_squad"])
-    new = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir()} - {p.rsplit("-", 1)[0] for p in before}
+    run_profile(str(changed), out_dir=tmp_path / "executed", only=["02_squad"], log=lambda *_: None)
     added = [p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir() if p.name not in before]
-    assert set(added) == {"inject", "answers"} and not new - {"inject", "answers"}
+    assert set(added) == {"inject", "answers"}
+    assert len(list((tmp_path / "results").iterdir())) == 2

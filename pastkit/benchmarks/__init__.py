@@ -1,0 +1,15 @@
+"""The benchmarks PaST runs on, by name. A benchmark is one file implementing what the engine asks
+(`source_rounds`, `target_units`, `sft_phases`, `rl_task`, `scoring`, `score`; see `pastkit.past`) plus
+its typed parameters."""
+
+from __future__ import annotations
+
+from .squad import Squad
+
+BENCHMARKS = {"squad": Squad()}
+
+
+def get_benchmark(name: str):
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name]

@@ -1,0 +1,371 @@
+"""SQuAD closed-book knowledge incorporation, SEAL protocol (paper Sec. 5.1.1, Appendix D), on the PaST engine.
+
+Passages are JSON: `[{"title", "context", "questions": [{"question", "answer"}]}]`. The shipped files
+(pastkit/data/squad, see its README) are the paper's splits; any file of the same format works, so a
+user can test PaST on documents of their own.
+
+What this file gives the engine (`pastkit.past`): source rounds (disjoint slices of SEAL's 100 training
+passages), target units (all target passages at once in the CPT regime, one passage at a time with LoRA in
+the single-passage regime), SFT phases (passages, plus the model's own implications, D.4.1), the RL task
+(closed-book questions, D.4.2 prompt, reward = the judge) and scoring (greedy closed-book answers, judged).
+Table 1 and the orthogonality pairs of notebooks 01/02 are assembled here from engine results.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import PastParams
+from ..evaluation import summarize, verdict
+from ..generation import generate
+from ..knowledge import SFTSpec
+from ..past import Domain, Engine, SFTPhase, Study, digest
+from ..skill_rl import RLTask
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "squad"
+SOURCE_ROUNDS = ["train_round1_50", "train_round2_50"]  # Appendix D.1: K=2 disjoint rounds of N=50 passages
+EVAL_SET = "val_seal200"  # SEAL's n=200 evaluation subset
+
+# Appendix D.4.1, verbatim: the implication prompt for self-generated SFT data.
+IMPLICATIONS_PROMPT = ("Let's read the following passage and produce a list of implications derived directly "
+                       "or indirectly from the content.\nPassage:\n{passage}\nImplications:\n")
+# Appendix D.4.2, verbatim: the closed-book QA prompt for RL rollouts and evaluation.
+QA_PROMPT = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:"
+
+
+def load_passages(name_or_path: str | Path) -> list[dict]:
+    """Passages from a shipped split name (e.g. "val_seal200") or a JSON file of the same format."""
+    path = DATA / f"{name_or_path}.json" if (DATA / f"{name_or_path}.json").exists() else Path(name_or_path)
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in DATA.glob("*.json")))
+        raise FileNotFoundError(f"no passages at {name_or_path!r} (shipped splits: {shipped}; or give a path)")
+    try:
+        passages = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(passages, list):
+        raise ValueError(f"{path}: expected a JSON array of passages")
+    for i, p in enumerate(passages):
+        if not isinstance(p, dict) or not isinstance(p.get("context"), str) or not isinstance(
+                p.get("questions"), list):
+            raise ValueError(f"{path}: passage {i} needs 'context' (str) and 'questions' (list)")
+        for q in p["questions"]:
+            if not isinstance(q, dict) or not {"question", "answer"} <= set(q):
+                raise ValueError(f"{path}: passage {i} has a question without 'question'/'answer': {q!r}")
+            if not all(isinstance(q[k], str) and q[k].strip() for k in ("question", "answer")):
+                raise ValueError(f"{path}: passage {i} has a question or answer that is not a non-empty string: {q!r}")
+        p.setdefault("title", "")
+    return passages
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits and SEAL-style training documents
+# ---------------------------------------------------------------------------------------------------
+
+def source_rounds(n_source: int, rounds: int) -> list[list[dict]]:
+    """K disjoint source sets: slices of the 100 shipped source passages (n=50, K=2 is the paper's split)."""
+    pool = load_passages(SOURCE_ROUNDS[0]) + load_passages(SOURCE_ROUNDS[1])
+    if n_source * rounds > len(pool):
+        raise ValueError(f"rounds × n_source = {rounds * n_source} exceeds the {len(pool)} shipped source passages")
+    return [pool[k * n_source:(k + 1) * n_source] for k in range(rounds)]
+
+
+def questions_of(passages: list[dict]) -> list[dict]:
+    return [{"question": q["question"], "answer": q["answer"], "title": p["title"]}
+            for p in passages for q in p["questions"]]
+
+
+def passage_document(p: dict) -> str:
+    return f"{p['title']}\n{p['context']}"
+
+
+def cpt_documents(passages: list[dict], generations: list[list[str]] | None) -> list[str]:
+    """Multi-passage regime: each passage, plus each whole implication generation as its own document."""
+    docs = [passage_document(p) for p in passages]
+    for p, gens in zip(passages, generations or []):
+        docs += [f"{p['title']}\n{g.strip()}" for g in gens if g.strip()]
+    return docs
+
+
+def single_documents(p: dict, generations: list[str] | None) -> list[str]:
+    """Single-passage regime (SEAL): title + each implication line as a sequence, plus the passage."""
+    lines = [line.strip() for g in generations or [] for line in g.splitlines() if line.strip()]
+    return [f"{p['title']}\n{line}" for line in lines] + [passage_document(p)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SquadParams(PastParams):
+    """PaST on SQuAD (paper Sec. 5.1.1, Appendix D). Defaults are the cpu profile."""
+
+    n_source: int = 16                          # passages per round (paper 50), disjoint across rounds
+    n_target: int = 40                          # target passages for the CPT regime (paper 200 / 2067)
+    target_passages: str = "val_seal200"        # shipped split name or a path to passages JSON of your own
+    regimes: list = field(default_factory=lambda: ["cpt"])  # "cpt" (n passages, full FT) and/or "single" (LoRA)
+    n_single: int = 4                           # passages evaluated one at a time in the single regime (paper 200)
+    n_implications: int = 2                     # self-generated implication samples per passage (paper D.2: 5)
+    implication_tokens: int = 160               # max new tokens per implication sample
+    max_seq_len: int = 512                      # SFT sequence length in tokens (paper Table 8: 2048)
+    cpt_epochs: int = 3                         # CPT full-FT epochs (paper Table 8: 1, on far more data)
+    cpt_lr: float = 7e-5                        # CPT learning rate (paper Table 8)
+    cpt_batch: int = 4                          # per-device batch (paper Table 8: 4)
+    cpt_grad_accum: int = 2                     # gradient accumulation (paper Table 8: 2)
+    lora_r: int = 32                            # single-passage LoRA rank (paper Table 8)
+    lora_alpha: int = 64                        # LoRA alpha (paper Table 8)
+    single_epochs: int = 10                     # single-passage epochs (paper Table 8)
+    single_lr: float = 1e-3                     # single-passage learning rate (paper Table 8)
+    eval_max_new_tokens: int = 48               # greedy answer length at evaluation
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.regimes or not set(self.regimes) <= {"cpt", "single"}:
+            raise ValueError(f"regimes={self.regimes!r}: 'cpt' and/or 'single'")
+
+    def check_inputs(self) -> None:
+        source_rounds(self.n_source, self.rounds)
+        passages = load_passages(self.target_passages)
+        need = max(self.n_target if "cpt" in self.regimes else 0, self.n_single if "single" in self.regimes else 0)
+        if len(passages) < need:
+            raise ValueError(f"{self.target_passages}: has {len(passages)} passages, but n_target/n_single ask for "
+                             f"{need}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The benchmark: what the engine asks of it
+# ---------------------------------------------------------------------------------------------------
+
+BASE, PASSAGE, SYNTH = "Base", "Train on Passage", "Train on Passage + Synthetic"
+# Paper Table 1 (Qwen2.5-7B, GPT-4.1 judge), reported, not measured here: {method: {regime: accuracy %}}.
+# Baselines there are SEAL's numbers; "PaST 50" is one round, "PaST 50×2" two rounds.
+PAPER_TABLE1 = {BASE: {"single": 32.7, "cpt": 32.7}, PASSAGE: {"single": 33.5, "cpt": 36.0},
+                SYNTH: {"single": 39.7, "cpt": 50.6}, "PaST (1 round)": {"single": 50.8, "cpt": 58.9},
+                "PaST (2 rounds)": {"single": 56.9, "cpt": 58.7}}
+
+
+def past_label(k: int) -> str:
+    return f"PaST ({k} round{'s' if k > 1 else ''})"
+
+
+def _domain(name: str, passages: list[dict], regime: str) -> Domain:
+    return Domain(name, {"passages": passages, "regime": regime},
+                  digest([regime, [(p["title"], p["context"], p["questions"]) for p in passages]]))
+
+
+class Squad:
+    """SQuAD for the PaST engine (see the module docstring)."""
+
+    name = "squad"
+    params = SquadParams
+    code = ("pastkit.benchmarks.squad",)
+
+    def source_rounds(self, p: SquadParams) -> list[Domain]:
+        return [_domain(f"source round {k}", ps, "cpt") for k, ps in enumerate(source_rounds(p.n_source, p.rounds), 1)]
+
+    def target_units(self, p: SquadParams, regime: str) -> list[Domain]:
+        passages = [{**x, "pid": i} for i, x in enumerate(load_passages(p.target_passages))]
+        if regime == "cpt":
+            return [_domain("target", passages[:p.n_target], "cpt")]
+        return [_domain(f"target passage {x['pid']}", [x], "single") for x in passages[:p.n_single]]
+
+    def implications(self, engine: Engine, passages: list[dict]) -> list[list[str]]:
+        """k self-generated implication samples per passage (D.4.1 prompt), by the base model."""
+        p = engine.p
+
+        def build(tmp: Path):
+            gens = generate(engine.base, [IMPLICATIONS_PROMPT.format(passage=x["context"]) for x in passages],
+                            max_new_tokens=p.implication_tokens, samples=p.n_implications, temperature=1.0,
+                            top_p=0.95, seed=engine.seed, use_vllm=p.use_vllm, desc="implications")
+            (tmp / "implications.json").write_text(json.dumps(
+                [{"title": x["title"], "generations": g} for x, g in zip(passages, gens)], indent=1))
+
+        key = {"base": engine.base_key, "passages": digest([x["context"] for x in passages]), "k": p.n_implications,
+               "tokens": p.implication_tokens}
+        stage = engine.stage("implications", key, build,
+                             expect=("implications.json",), code=("pastkit.generation", *self.code))
+        return [r["generations"] for r in json.loads((stage.path / "implications.json").read_text())]
+
+    def sft_phases(self, engine: Engine, domain: Domain, variant: str) -> list[SFTPhase]:
+        """One phase. variant "source" and "target": passages + implications; "passage_only": passages alone."""
+        p, passages, regime = engine.p, domain.data["passages"], domain.data["regime"]
+        gens = None if variant == "passage_only" else self.implications(engine, passages)
+        if regime == "single":
+            docs = single_documents(passages[0], gens[0] if gens else None)
+            spec = SFTSpec(p.single_epochs, p.single_lr, 1, 1, p.max_seq_len, p.lora_r, p.lora_alpha)
+        else:
+            docs = cpt_documents(passages, gens)
+            spec = SFTSpec(p.cpt_epochs, p.cpt_lr, p.cpt_batch, p.cpt_grad_accum, p.max_seq_len)
+        return [SFTPhase(f"{regime}/{variant}", [{"text": d} for d in docs], spec)]
+
+    def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
+        """Closed-book questions of the domain (D.4.2 prompt); reward = the judge's score of the answer."""
+        items = questions_of(domain.data["passages"])
+        random.Random(engine.seed).shuffle(items)
+        items = items[:engine.p.rl_prompts]
+        judge = engine.judge
+
+        def judge_reward(prompts, completions, gold, question, **_):
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            return [judge.score(q, g, t) for q, g, t in zip(question, gold, texts)]
+
+        judge_reward.__name__ = f"reward_{judge.name}"
+        return RLTask([QA_PROMPT.format(question=i["question"]) for i in items], [judge_reward],
+                      {"gold": [i["answer"] for i in items], "question": [i["question"] for i in items]},
+                      describe={"prompt": QA_PROMPT, "reward": judge.describe()})
+
+    def scoring(self, engine: Engine) -> dict:
+        return {"prompt": QA_PROMPT, "decoding": "greedy", "max_new_tokens": engine.p.eval_max_new_tokens}
+
+    def score(self, engine: Engine, model, unit: Domain, split: str) -> pd.DataFrame:
+        """Greedy closed-book answers to the unit's questions, each scored by the judge."""
+        passages = unit.data["passages"]
+        items = [(x.get("pid", i), j, q) for i, x in enumerate(passages) for j, q in enumerate(x["questions"])]
+        preds = generate(None, [QA_PROMPT.format(question=q["question"]) for *_, q in items],
+                         max_new_tokens=engine.p.eval_max_new_tokens, desc="answer", model_and_tok=model.load())
+        return pd.DataFrame([{"item": f"{pid}:{j}", "document": pid, "question": q["question"], "gold": q["answer"],
+                              "prediction": pred[0], "score": engine.judge.score(q["question"], q["answer"], pred[0])}
+                             for (pid, j, q), pred in zip(items, preds)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table 1 and the orthogonality pairs
+# ---------------------------------------------------------------------------------------------------
+
+def run_table1(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every Table 1 row for every seed and regime; returns (Table 1, every per-question answer)."""
+    p, bench = study.params, study.benchmark
+    frames = []
+    for engine in study.engines:
+        rounds = study.rounds[engine.seed]
+        for regime in p.regimes:
+            for unit in bench.target_units(p, regime):
+                models = {BASE: engine.base_model(),
+                          PASSAGE: engine.adapt(unit, "target_sft", variant="passage_only"),
+                          SYNTH: engine.adapt(unit, "target_sft"),
+                          past_label(1): engine.adapt(unit, "post_hoc", rounds[0]),
+                          past_label(p.rounds): engine.adapt(unit, "post_hoc", rounds[-1])}
+                for method, model in models.items():
+                    frames.append(engine.answers(model, unit).assign(method=method, regime=regime, seed=engine.seed))
+    answers = pd.concat(frames, ignore_index=True)
+    table = summarize(answers, baseline=SYNTH, by=("regime",))
+    shipped = p.target_passages == EVAL_SET
+    table["paper_reported"] = [PAPER_TABLE1.get(m, {}).get(r) if shipped else None
+                               for m, r in zip(table.method, table.regime)]
+    table["judge"], table["model"], table["lam"] = p.judge, p.model, p.lam
+    return table, answers
+
+
+def markdown_table1(table: pd.DataFrame, caption: str) -> str:
+    """Table 1 for reading: per regime, score [interval], paired difference to + Synthetic [interval]."""
+    rows = []
+    for r in table.itertuples():
+        diff = "—" if r.method == SYNTH else f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, " \
+                                              f"{r.score_vs_baseline_ci_high:+.1f}]"
+        row = {"regime": r.regime, "method": r.method, "score % [95% CI over passages]":
+               f"{r.score:.1f} [{r.score_ci_low:.1f}, {r.score_ci_high:.1f}]",
+               "vs + Synthetic [95% CI]": diff, "questions / passages": f"{r.n_items} / {r.n_documents}"}
+        if r.seeds > 1:
+            row["per seed"] = r.score_per_seed
+        if table["paper_reported"].notna().any():
+            row["paper (reported, 7B, LLM judge)"] = "" if pd.isna(r.paper_reported) else f"{r.paper_reported:.1f}"
+        rows.append(row)
+    return f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n{caption}"
+
+
+def plot_table1(table: pd.DataFrame, caption: str):
+    """Scores with intervals per method, one panel per regime, and the paired difference to + Synthetic."""
+    import matplotlib.pyplot as plt
+
+    regimes = list(dict.fromkeys(table["regime"]))
+    fig, axes = plt.subplots(len(regimes), 2, figsize=(11, 0.8 + 2.2 * len(regimes)), squeeze=False)
+    for (ax, dax), regime in zip(axes, regimes):
+        t = table[table.regime == regime]
+        y = list(range(len(t)))[::-1]
+        colors = ["#b2182b" if m.startswith("PaST") else "#4d4d4d" for m in t.method]
+        ax.barh(y, t.score, xerr=[t.score - t.score_ci_low, t.score_ci_high - t.score], color=colors, alpha=0.85,
+                capsize=3)
+        ax.set_yticks(y, t.method)
+        ax.set_xlabel("score % (95% CI over passages)")
+        ax.set_title(f"SQuAD closed-book, {regime} regime ({int(t.n_items.iloc[0])} questions)", fontsize=10)
+        ax.set_xlim(0, max(5.0, float(t.score_ci_high.max()) * 1.15))
+        dax.errorbar(t.score_vs_baseline, y, xerr=[t.score_vs_baseline - t.score_vs_baseline_ci_low,
+                                                    t.score_vs_baseline_ci_high - t.score_vs_baseline],
+                     fmt="o", color="#2166ac", capsize=3)
+        dax.axvline(0, color="grey", lw=0.8)
+        dax.set_yticks(y, [""] * len(y))
+        dax.set_xlabel("paired difference to + Synthetic (points, 95% CI)")
+    fig.suptitle(caption, fontsize=8, y=0.0, va="top")
+    fig.tight_layout()
+    return fig
+
+
+def conclusion(table: pd.DataFrame) -> str:
+    """PaST against its direct baseline, and target SFT against the base model, in words from the numbers."""
+    lines = []
+    for regime, t in table.groupby("regime", sort=False):
+        rows = t.set_index("method")
+        base = rows.loc[BASE]  # its paired difference to + Synthetic, turned around: target SFT − Base
+        d, lo, hi = -base.score_vs_baseline, -base.score_vs_baseline_ci_high, -base.score_vs_baseline_ci_low
+        lines.append(f"[{regime}] target SFT ({SYNTH}) − Base = {d:+.1f} [{lo:+.1f}, {hi:+.1f}] points: "
+                     f"{verdict(d, lo, hi)}.")
+        for m in [m for m in rows.index if m.startswith("PaST")]:
+            r = rows.loc[m]
+            lines.append(f"[{regime}] {m} − {SYNTH} = {r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, "
+                         f"{r.score_vs_baseline_ci_high:+.1f}] points: "
+                         f"{verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high)}.")
+    return "\n".join(lines)
+
+
+def rounds_table(study: Study) -> pd.DataFrame:
+    """Per seed and round: GRPO reward at the start and end (with intervals), flags, and ‖v‖."""
+    from ..past import VECTOR_FILE
+    from ..skill_vector import SkillVector
+
+    rows = []
+    for engine in study.engines:
+        for r in study.rounds[engine.seed]:
+            s = engine.rl_summary(r.rl)
+            rw = {k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v])
+                  for k, v in s["reward"].items() if k != "n"}
+            rows.append({"seed": engine.seed, "round": r.k, "grpo_steps": s["steps"],
+                         "reward_start": rw["start"], "reward_start_ci": rw["start_ci"],
+                         "reward_end": rw["end"], "reward_end_ci": rw["end_ci"],
+                         "reward_never_varied": s["reward_never_varied"],
+                         "skill_vector_norm": round(SkillVector.load(r.vector.path / VECTOR_FILE).norm(), 4)})
+    return pd.DataFrame(rows)
+
+
+def orthogonality_pairs(study: Study) -> dict[str, pd.DataFrame]:
+    """Cosine tables of the paper's pairs (Fig. 2, Fig. 4) and the referee's transfer check, first seed.
+
+    ΔSFT_k = θ_sft_k − θ_base; ΔRL_k = θ_rl_k − θ_init_k (what RL itself moved); v_K the final skill vector;
+    ΔT = θ_T − θ_base (target SFT on passages + implications, CPT regime).
+    """
+    from ..orthogonality import cosine_table
+    from ..past import VECTOR_FILE
+    from ..skill_vector import SkillVector, open_delta
+
+    engine = study.engines[0]
+    rounds = study.rounds[engine.seed]
+    target = engine.adapt(study.benchmark.target_units(study.params, "cpt")[0], "target_sft").stage
+
+    def delta(stage, base):
+        return open_delta(stage.path / "model", base=base)
+
+    pairs = {}
+    for r in rounds:
+        pairs[f"ΔSFT{r.k} vs ΔRL{r.k}"] = cosine_table(delta(r.sft, engine.base), delta(r.rl, r.init.path / "model"))
+    if len(rounds) >= 2:
+        pairs["ΔSFT1 vs ΔSFT2"] = cosine_table(delta(rounds[0].sft, engine.base), delta(rounds[1].sft, engine.base))
+    v = SkillVector.load(rounds[-1].vector.path / VECTOR_FILE).source
+    pairs[f"v{rounds[-1].k} vs ΔT_sft"] = cosine_table(v, delta(target, engine.base))
+    return pairs

@@ -1,0 +1,309 @@
+"""PaST, the method (paper Sec. 4, Algorithm 1): source distillation, skill vectors, transfer to a target.
+
+This module knows no benchmark. A benchmark (see `benchmarks`) says what its documents, SFT phases, RL task
+and scoring are; the `Engine` runs the method on top, every step a cached, verified stage (`stages`):
+
+    Algorithm 1   for k = 1..K over disjoint source domains S_k:
+                    θ_sft_k  = SFT(θ_base, S_k)
+                    θ_init_k = θ_sft_k + v_{k−1}     (θ_sft_1 for k = 1)
+                    θ_rl_k   = GRPO(θ_init_k, tasks of S_k)
+                    v_k      = θ_rl_k − θ_sft_k
+    Transfer      a target domain T and a skill vector v, by one of the paper's strategies (Table 4).
+
+Transfer strategies are data (`STRATEGIES`), not subclasses: where target SFT starts, and whether λ·v is
+added after it. A model the engine hands back is a `Model`: a key (what produced it) and a loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .config import PastParams
+from .generation import load_model
+from .judges import make_judge
+from .knowledge import SFTSpec, train_sft
+from .models import resolve
+from .skill_rl import GRPOSpec, RLTask, train_grpo
+from .skill_vector import DegenerateWarning, SkillVector, add_scaled_, inject
+from .stages import Stage, run_stage
+
+VECTOR_FILE = "vector.safetensors"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a skill vector reaches the target model (paper Table 4)."""
+
+    name: str
+    label: str
+    start: str       # where target SFT starts: "base", "base+v" (θ_base + λ·v) or "source_rl" (θ_S^rl)
+    post_hoc: bool   # add λ·v after target SFT
+
+
+STRATEGIES = {s.name: s for s in [
+    Strategy("target_sft", "Target SFT", "base", False),
+    Strategy("post_hoc", "Post-hoc composition (PaST)", "base", True),
+    Strategy("pre_injection", "Pre-injection", "base+v", False),
+    Strategy("sequential", "Sequential fine-tuning", "source_rl", False),
+]}
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown transfer strategy {name!r}; known: {sorted(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A set of documents (source round, target unit, validation split): the benchmark's own data plus a key."""
+
+    name: str
+    data: object
+    key: str
+
+
+@dataclass(frozen=True)
+class SFTPhase:
+    """One SFT run: records in one of trl's formats (text, prompt-completion, messages) and its spec."""
+
+    name: str
+    records: list
+    spec: SFTSpec
+
+
+@dataclass
+class Round:
+    """One round of Algorithm 1."""
+
+    k: int
+    domain: Domain
+    sft: Stage
+    init: Stage
+    rl: Stage
+    vector: Stage
+
+
+@dataclass
+class Model:
+    """A model the engine can evaluate: what produced it (hashed into downstream keys) and how to load it."""
+
+    key: dict
+    load: Callable
+    stage: Stage | None = None  # the stage whose model/ dir holds it, if it is on disk
+
+
+def code_version(*modules) -> str:
+    """A hash of the source of the modules that build a stage: edited code never reuses an old result."""
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(inspect.getsource(importlib.import_module(m) if isinstance(m, str) else m).encode())
+    return h.hexdigest()[:12]
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Engine:
+    """PaST for one benchmark and one seed. Every method returns finished (possibly cached) stages."""
+
+    def __init__(self, benchmark, params: PastParams, seed: int, log=print):
+        params.check_inputs()
+        self.bench, self.p, self.seed, self.log = benchmark, params, seed, log
+        self.base = Path(resolve(params.model))
+        size = sum(f.stat().st_size for f in self.base.glob("*.safetensors"))
+        self.base_key = {"model": params.model, "config": digest((self.base / "config.json").read_text()),
+                         "bytes": size}
+        self.judge = make_judge(params.judge)
+        self.flags: list[str] = []  # degenerate results met on the way, said out loud by the notebooks
+
+    # -- building blocks ------------------------------------------------------------------------------
+    def stage(self, name: str, inputs: dict, build, expect: tuple[str, ...], code: tuple = (), check=None) -> Stage:
+        """A cached stage whose key includes the seed and the source of the code that builds it."""
+        return run_stage(name, {**inputs, "seed": self.seed, "code": code_version(*code)}, build, self.log,
+                         expect=expect, check=check)
+
+    def base_model(self) -> Model:
+        return Model({"model": self.base_key}, lambda: load_model(self.base))
+
+    def sft(self, start: Stage | None, phases: list[SFTPhase]) -> Stage:
+        """The phases in order, each starting from the previous one's model (the first from `start` or base)."""
+        for phase in phases:
+            start = self._sft_one(start, phase)
+        return start
+
+    def _sft_one(self, start: Stage | None, phase: SFTPhase) -> Stage:
+        start_dir = start.path / "model" if start else self.base
+        kind = "sft-lora" if phase.spec.lora_r else "sft-full"
+        stage = self.stage(kind, {"start": start.key if start else self.base_key, "phase": phase.name,
+                                  "records": digest(phase.records), "spec": phase.spec.__dict__},
+                           lambda tmp: train_sft(start_dir, phase.records, tmp / "model", phase.spec, self.seed,
+                                                 self.log),
+                           expect=("model",), code=("pastkit.knowledge", "pastkit.training"))
+        summary = json.loads((stage.path / "model" / "summary.json").read_text())
+        if not summary["loss_fell"]:
+            self._flag(f"SFT phase {phase.name!r} ({stage.path.name}): the training loss did not fall "
+                       f"({summary['loss_first']} → {summary['loss_last']})")
+        return stage
+
+    def with_vector(self, model: Stage | None, vector: Stage, lam: float) -> Stage:
+        """θ + λ·v on disk, through the vector core (`inject`); model None is the base model."""
+        src = model.path / "model" if model else self.base
+        return self.stage("inject", {"model": model.key if model else self.base_key, "vector": vector.key,
+                                     "lam": lam},
+                          lambda tmp: inject(src, vector.path / VECTOR_FILE, tmp / "model", lam=lam),
+                          expect=("model",), code=("pastkit.skill_vector", "pastkit.checkpoint"))
+
+    def grpo(self, init: Stage, task: RLTask) -> Stage:
+        p = self.p
+        spec = GRPOSpec(p.rl_epochs, p.rl_lr, p.rl_group, p.rl_prompts_per_step, p.rl_beta, p.rl_temperature,
+                        p.rl_top_p, p.rl_top_k, p.rl_max_new_tokens, p.use_vllm, p.rl_save_every)
+        stage = self.stage("grpo", {"init": init.key, "task": task.describe, "prompts": digest(task.prompts),
+                                    "columns": digest(task.columns), "spec": spec.__dict__},
+                           lambda tmp: train_grpo(init.path / "model", task, tmp / "model", spec, self.seed, self.log),
+                           expect=("model",), code=("pastkit.skill_rl", "pastkit.training", *self.bench.code))
+        summary = self.rl_summary(stage)
+        if summary["reward_never_varied"]:
+            self._flag(f"GRPO ({stage.path.name}): the reward never varied within a group, so every advantage was "
+                       "0 and RL changed nothing but what the KL term moved")
+        return stage
+
+    @staticmethod
+    def rl_summary(stage: Stage) -> dict:
+        return json.loads((stage.path / "model" / "summary.json").read_text())
+
+    def vector(self, rl: Stage, sft: Stage) -> Stage:
+        """v = θ_rl − θ_sft, saved; a zero or non-finite vector is flagged (non-finite is an error)."""
+        def build(tmp: Path):
+            with warnings.catch_warnings():  # a zero vector is flagged below, on every read, not only when built
+                warnings.simplefilter("ignore", DegenerateWarning)
+                SkillVector.extract(rl.path / "model", sft.path / "model").save(tmp / VECTOR_FILE)
+
+        stage = self.stage("skill-vector", {"rl": rl.key, "sft": sft.key}, build, expect=(VECTOR_FILE,),
+                           code=("pastkit.skill_vector", "pastkit.checkpoint"))
+        v = SkillVector.load(stage.path / VECTOR_FILE)
+        if v.norm() == 0:
+            self._flag(f"skill vector {stage.path.name} is exactly zero: RL did not change the model, so every "
+                       "PaST row equals its baseline")
+        return stage
+
+    # -- Algorithm 1 ----------------------------------------------------------------------------------
+    def distill(self) -> list[Round]:
+        """K rounds over disjoint source domains; round k's RL starts from θ_sft_k + v_{k−1}."""
+        rounds, prev = [], None
+        for k, domain in enumerate(self.bench.source_rounds(self.p), start=1):
+            sft = self.sft(None, self.bench.sft_phases(self, domain, "source"))
+            init = sft if prev is None else self.with_vector(sft, prev, 1.0)
+            rl = self.grpo(init, self.bench.rl_task(self, domain))
+            vector = self.vector(rl, sft)
+            rounds.append(Round(k, domain, sft, init, rl, vector))
+            prev = vector
+        return rounds
+
+    # -- transfer -------------------------------------------------------------------------------------
+    def adapt(self, unit: Domain, strategy: Strategy | str, source: Round | None = None, lam: float | None = None,
+              variant: str = "target") -> Model:
+        """The target model for `unit` under a transfer strategy, with the skill vector of `source`."""
+        s = get_strategy(strategy) if isinstance(strategy, str) else strategy
+        lam = self.p.lam if lam is None else lam
+        if (s.start != "base" or s.post_hoc) and source is None:
+            raise ValueError(f"strategy {s.name!r} needs a source round (its skill vector)")
+        start = {"base": None, "base+v": lambda: self.with_vector(None, source.vector, lam),
+                 "source_rl": lambda: source.rl}[s.start]
+        sft = self.sft(start() if start else None, self.bench.sft_phases(self, unit, variant))
+        if not s.post_hoc:
+            return self.model_of(sft)
+        if (sft.path / "model" / "adapter_config.json").exists():  # LoRA: compose in memory, write nothing
+            return self.model_of(sft, source.vector, lam)
+        return self.model_of(self.with_vector(sft, source.vector, lam))
+
+    def model_of(self, stage: Stage, vector: Stage | None = None, lam: float = 1.0) -> Model:
+        """A stage's model (a dir, or an adapter merged onto its base), plus λ·v in memory if given."""
+        path = stage.path / "model"
+
+        def load():
+            if not (path / "adapter_config.json").exists():
+                model, tok = load_model(path)
+            else:
+                from peft import PeftModel
+                base_dir = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+                model, tok = load_model(base_dir)
+                model = PeftModel.from_pretrained(model, path).merge_and_unload().eval()
+            if vector is not None:
+                add_vector_(model, SkillVector.load(vector.path / VECTOR_FILE), lam)
+            return model, tok
+
+        key = {"stage": stage.key, **({"vector": vector.key, "lam": lam} if vector is not None else {})}
+        return Model(key, load, stage if vector is None else None)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def answers(self, model: Model, unit: Domain, split: str = "target") -> pd.DataFrame:
+        """Cached per-item scores of `model` on `unit` (the benchmark's scoring), one row per item."""
+        def build(tmp: Path):
+            self.bench.score(self, model, unit, split).to_csv(tmp / "answers.csv", index=False)
+
+        def check(tmp: Path):
+            df = pd.read_csv(tmp / "answers.csv", keep_default_na=False)
+            missing = {"item", "document", "score"} - set(df.columns)
+            if missing or df.empty or not df["score"].between(0, 1).all():
+                raise ValueError(f"answers.csv: needs rows with item, document and scores in [0, 1] ({missing})")
+
+        stage = self.stage("answers", {"model": model.key, "unit": unit.key, "split": split,
+                                       "scoring": self.bench.scoring(self), "judge": self.judge.describe()}, build,
+                           expect=("answers.csv",), check=check,
+                           code=("pastkit.generation", "pastkit.judges", *self.bench.code))
+        return pd.read_csv(stage.path / "answers.csv", keep_default_na=False)
+
+    def _flag(self, message: str) -> None:
+        if message not in self.flags:
+            self.flags.append(message)
+            self.log(f"[flag]   {message}")
+
+
+def add_vector_(model, vector: SkillVector, lam: float) -> None:
+    """θ += λ·v on a loaded model's parameters (the same fp32 add-and-cast as `inject`)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in vector.keys():
+            if name not in params:
+                raise ValueError(f"model has no parameter {name!r}, which the skill vector changes")
+            merged = add_scaled_(params[name].detach().clone(), vector.get(name), lam)
+            if not torch.isfinite(merged).all():
+                raise ValueError(f"θ + λ·v is non-finite in {name!r}")
+            params[name].copy_(merged)
+
+
+@dataclass
+class Study:
+    """Every seed's engine, rounds and flags: what a notebook builds once and reads from."""
+
+    benchmark: object
+    params: PastParams
+    engines: list[Engine] = field(default_factory=list)
+    rounds: dict[int, list[Round]] = field(default_factory=dict)
+
+    @classmethod
+    def run(cls, benchmark, params: PastParams, log=print) -> Study:
+        """Source distillation (Algorithm 1) for every seed."""
+        study = cls(benchmark, params)
+        for seed in params.seeds:
+            engine = Engine(benchmark, params, seed, log)
+            study.engines.append(engine)
+            study.rounds[seed] = engine.distill()
+        return study
+
+    @property
+    def flags(self) -> list[str]:
+        return [f for e in self.engines for f in e.flags]

@@ -1,0 +1,70 @@
+"""What the two trainers share: where they run, how they report progress, how their curves are read.
+
+CPU-only settings (use_cpu, no bf16, no gradient checkpointing) apply only where no GPU is present; on a GPU
+trl's own defaults stand. Progress is a few plain lines ("grpo step 16/64 · reward 0.12"), never a progress
+bar in a notebook (bars only on an interactive console), so executed notebooks stay readable.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def interactive() -> bool:
+    """Progress bars only where a person watches a terminal; notebooks and logs get plain lines."""
+    return sys.stderr.isatty()
+
+
+def device_args() -> dict:
+    """Trainer arguments for this machine: CPU settings on a CPU, trl's defaults (plus bf16) on a GPU."""
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported()}
+    return {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
+
+
+def progress_callback(what: str, keys: tuple[str, ...], log=print):
+    """A trainer callback printing ~10 lines per run: step, elapsed time and the named metrics."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.every = time.time(), max(1, math.ceil(state.max_steps / 10))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            step = state.global_step
+            if logs and (step % self.every == 0 or step == state.max_steps) and any(k in logs for k in keys):
+                shown = " · ".join(f"{k} {logs[k]:.4g}" for k in keys if k in logs)
+                log(f"  {what} step {step}/{state.max_steps} · {time.time() - self.t0:.0f} s · {shown}")
+
+    return Progress()
+
+
+def quiet_trainer(trainer) -> None:
+    """Drop the Trainer's raw dict printing (it replaces the progress bar when bars are off); our callback reports."""
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)
+
+
+def curve(log_history: list[dict], key: str) -> list[float]:
+    return [float(e[key]) for e in log_history if key in e and e[key] is not None and math.isfinite(float(e[key]))]
+
+
+def start_end(values: list[float]) -> dict:
+    """Mean of the first and of the last quarter of a curve, each with a 95% bootstrap interval."""
+    from .evaluation import bootstrap_interval
+
+    q = max(1, len(values) // 4)
+    first, last = bootstrap_interval(values[:q]), bootstrap_interval(values[-q:])
+    return {"n": len(values), "start": first[0], "start_ci": [first[1], first[2]],
+            "end": last[0], "end_ci": [last[1], last[2]]}
+
+
+def falling(values: list[float]) -> bool:
+    """Did a loss curve fall: is the last quarter's mean below the first quarter's?"""
+    q = max(1, len(values) // 4)
+    return len(values) >= 2 and float(np.mean(values[-q:])) < float(np.mean(values[:q]))

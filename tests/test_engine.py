@@ -1,0 +1,150 @@
+"""The PaST engine on a toy benchmark and the tiny random model: Algorithm 1's round chaining, every
+transfer strategy of Table 4, and which stages a change of λ rebuilds."""
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+import torch
+from conftest import load_dir
+
+from pastkit.config import PastParams
+from pastkit.knowledge import SFTSpec
+from pastkit.past import STRATEGIES, Domain, SFTPhase, Study, get_strategy
+from pastkit.skill_rl import RLTask
+
+DOCS = {"source 1": ["The lighthouse on Varn island is painted green.", "Varn island has one harbour."],
+        "source 2": ["The Orlo bridge is made of red stone.", "It crosses the river Tesk."],
+        "target": ["The comet Hala returns every 41 years.", "Hala was first seen from Pell."]}
+
+
+@dataclass(frozen=True)
+class ToyParams(PastParams):
+    model: str = "tiny-random"
+    rl_prompts: int = 2
+    rl_group: int = 2
+    rl_max_new_tokens: int = 6
+    rl_lr: float = 1e-2  # large, so that a few GRPO steps visibly move the tiny model
+
+
+def _variety(prompts, completions, **_):
+    """A reward that differs within a group (distinct characters), so GRPO has a gradient."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [len(set(t)) / 10 for t in texts]
+
+
+class Toy:
+    """A benchmark in a dozen lines: what the engine asks of any benchmark."""
+
+    name, params, code = "toy", ToyParams, (__name__,)
+
+    def source_rounds(self, p):
+        return [Domain(n, DOCS[n], n) for n in ("source 1", "source 2")][:p.rounds]
+
+    def sft_phases(self, engine, domain, variant):
+        return [SFTPhase(f"{domain.name}/{variant}", [{"text": d} for d in domain.data],
+                         SFTSpec(epochs=1, lr=1e-3, batch=2, grad_accum=1, max_len=64))]
+
+    def rl_task(self, engine, domain):
+        return RLTask([f"Tell me about: {d}" for d in domain.data], [_variety], describe={"reward": "variety"})
+
+    def scoring(self, engine):
+        return {"toy": 1}
+
+    def score(self, engine, model, unit, split):
+        m, _ = model.load()
+        w = float(m.model.norm.weight.sum())  # a number that depends on the weights, in [0, 1]
+        return pd.DataFrame([{"item": i, "document": i, "score": (abs(w) % 1)} for i in range(2)])
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "runs"
+
+
+def _inputs(stage):
+    return json.loads((stage.path / "stage.json").read_text())["inputs"]
+
+
+def _weights(stage):
+    return load_dir(stage.path / "model")
+
+
+def test_algorithm_1_chains_rounds(runs):
+    study = Study.run(Toy(), ToyParams(), log=lambda *_: None)
+    r1, r2 = study.rounds[0]
+    assert r1.init == r1.sft  # round 1's RL starts from θ_sft_1
+    assert _inputs(r2.init) | {"code": None} == {"model": r2.sft.key, "vector": r1.vector.key, "lam": 1.0,
+                                                 "seed": 0, "code": None}
+    assert _inputs(r2.rl)["init"] == r2.init.key  # round 2's RL starts from θ_sft_2 + v_1
+    v1 = load_dir(r1.vector.path)
+    sft2, init2 = _weights(r2.sft), _weights(r2.init)
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(init2[k], sft2[k] + v1[k], atol=1e-6)
+    v2 = load_dir(r2.vector.path)  # v_k = θ_rl_k − θ_sft_k, not θ_rl_k − θ_init_k
+    assert torch.allclose(v2[k], _weights(r2.rl)[k] - sft2[k], atol=1e-6)
+    assert float(v2[k].abs().sum()) > 0 and not any("zero" in f for f in study.flags)
+
+
+def test_every_transfer_strategy_starts_and_ends_where_the_paper_says(runs):
+    study = Study.run(Toy(), ToyParams(rounds=1), log=lambda *_: None)
+    engine, (source,) = study.engines[0], study.rounds[0]
+    target = Domain("target", DOCS["target"], "target")
+    models = {name: engine.adapt(target, name, source) for name in STRATEGIES}
+    sft = models["target_sft"].stage
+    assert _inputs(sft)["start"] == engine.base_key  # target SFT alone starts from the base model
+    post = models["post_hoc"].stage  # θ_T + λ·v, written by inject
+    assert _inputs(post)["model"] == sft.key and _inputs(post)["vector"] == source.vector.key
+    v, t = load_dir(source.vector.path), _weights(sft)
+    k = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.allclose(_weights(post)[k], t[k] + v[k], atol=1e-6)
+    pre = models["pre_injection"].stage  # SFT starting from θ_base + λ·v
+    start = json.loads((pre.path / "stage.json").read_text())["inputs"]["start"]
+    injected = [p for p in runs.glob("inject-*") if _inputs_dir(p).get("model") == engine.base_key]
+    assert len(injected) == 1 and start == injected[0].name.rsplit("-", 1)[1]
+    seq = models["sequential"].stage  # SFT starting from the source's RL model θ_S^rl
+    assert _inputs(seq)["start"] == source.rl.key
+    assert len({m.stage.key for m in models.values()}) == 4
+    with pytest.raises(ValueError, match="unknown transfer strategy"):
+        get_strategy("averaging")
+    with pytest.raises(ValueError, match="needs a source round"):
+        engine.adapt(target, "post_hoc")
+
+
+def _inputs_dir(path):
+    return json.loads((path / "stage.json").read_text())["inputs"]
+
+
+def test_a_change_of_lambda_rebuilds_only_what_depends_on_it(runs):
+    target = Domain("target", DOCS["target"], "target")
+
+    def everything(lam):
+        study = Study.run(Toy(), ToyParams(rounds=1, lam=lam), log=lambda *_: None)
+        engine, source = study.engines[0], study.rounds[0][0]
+        for name in ("post_hoc", "pre_injection"):
+            engine.answers(engine.adapt(target, name, source), target)
+
+    everything(1.0)
+    before = {p.name for p in runs.iterdir() if not p.name.startswith(".")}
+    everything(1.0)
+    assert {p.name for p in runs.iterdir() if not p.name.startswith(".")} == before  # a re-run builds nothing
+    everything(0.5)
+    added = sorted(p.name.rsplit("-", 1)[0] for p in runs.iterdir() if p.name not in before
+                   and not p.name.startswith("."))
+    # post-hoc: a new θ_T + 0.5·v and its answers; pre-injection: a new θ_base + 0.5·v, its SFT, its answers
+    assert added == ["answers", "answers", "inject", "inject", "sft-full"]
+
+
+def test_a_degenerate_run_is_flagged(runs):
+    def flat(prompts, completions, **_):
+        return [0.0] * len(completions)
+
+    class Flat(Toy):
+        def rl_task(self, engine, domain):
+            return RLTask([f"About: {d}" for d in domain.data], [flat], describe={"reward": "flat"})
+
+    study = Study.run(Flat(), ToyParams(rounds=1, rl_beta=0.0), log=lambda *_: None)
+    assert any("never varied" in f for f in study.flags) and any("exactly zero" in f for f in study.flags)
