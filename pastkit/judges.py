@@ -55,6 +55,23 @@ def answer_line(pred: str) -> str:
     return next((line for line in pred.strip().splitlines() if line.strip()), "")
 
 
+def exact_match(gold: str, pred: str) -> float:
+    """SQuAD exact match on the first answer line, after SQuAD normalisation: 1.0 or 0.0."""
+    return float(bool(normalize_tokens(gold)) and normalize_tokens(gold) == normalize_tokens(answer_line(pred)))
+
+
+def contains_gold(gold: str, pred: str) -> float:
+    """Strict metric: does the first answer line contain the whole normalised gold answer (as a token run)?
+
+    Unlike token F1, incidental word overlap earns nothing; unlike exact match, a correct answer inside a
+    sentence still counts. A model that knows nothing scores about 0 on facts it could not guess."""
+    g, p = normalize_tokens(gold), normalize_tokens(answer_line(pred))
+    return float(bool(g) and any(p[i:i + len(g)] == g for i in range(len(p) - len(g) + 1)))
+
+
+STRICT_METRICS = {"contains": contains_gold, "exact": exact_match}
+
+
 class TokenF1Judge:
     """Deterministic question-aware token F1 (see module docstring)."""
 

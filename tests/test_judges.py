@@ -204,3 +204,15 @@ def test_llm_judge_recovers_from_a_damaged_cache_line(endpoint, tmp_path):
     lines = cache.read_text().splitlines()
     assert json.loads(lines[-1])["score"] == 1.0  # the new verdict is on a line of its own
     assert len(LLMJudge(url=endpoint, model="m", cache=cache, log=seen.append).cache) == 2
+
+
+def test_strict_metrics_give_no_credit_for_incidental_overlap():
+    from pastkit.judges import contains_gold, exact_match
+    gold = "Age of Enlightenment"
+    assert contains_gold(gold, "It was the Age of Enlightenment.") == 1.0
+    assert exact_match(gold, "the age of enlightenment") == 1.0
+    assert exact_match(gold, "It was the Age of Enlightenment.") == 0.0
+    # word overlap that token F1 rewards earns nothing on the strict metric
+    assert TokenF1Judge().score(Q, gold, "the age of steam") > 0 and contains_gold(gold, "the age of steam") == 0.0
+    assert contains_gold(gold, "Renaissance\nAge of Enlightenment") == 0.0  # only the first answer line counts
+    assert contains_gold("", "anything") == 0.0 and exact_match("", "") == 0.0

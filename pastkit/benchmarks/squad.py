@@ -23,6 +23,7 @@ import pandas as pd
 from ..config import PastParams
 from ..evaluation import summarize, verdict
 from ..generation import generate
+from ..judges import STRICT_METRICS
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
 from ..skill_rl import RLTask
@@ -232,7 +233,8 @@ class Squad:
         preds = generate(None, [QA_PROMPT.format(question=q["question"]) for *_, q in items],
                          max_new_tokens=engine.p.eval_max_new_tokens, desc="answer", model_and_tok=model.load())
         return pd.DataFrame([{"item": f"{pid}:{j}", "document": pid, "question": q["question"], "gold": q["answer"],
-                              "prediction": pred[0], "score": engine.judge.score(q["question"], q["answer"], pred[0])}
+                              "prediction": pred[0], "score": engine.judge.score(q["question"], q["answer"], pred[0]),
+                              **{m: f(q["answer"], pred[0]) for m, f in STRICT_METRICS.items()}}
                              for (pid, j, q), pred in zip(items, preds)])
 
 
@@ -256,7 +258,7 @@ def run_table1(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
                 for method, model in models.items():
                     frames.append(engine.answers(model, unit).assign(method=method, regime=regime, seed=engine.seed))
     answers = pd.concat(frames, ignore_index=True)
-    table = summarize(answers, baseline=SYNTH, by=("regime",))
+    table = summarize(answers, baseline=SYNTH, metrics=("score", *STRICT_METRICS), by=("regime",))
     shipped = p.target_passages == EVAL_SET
     table["paper_reported"] = [PAPER_TABLE1.get(m, {}).get(r) if shipped else None
                                for m, r in zip(table.method, table.regime)]
@@ -265,14 +267,17 @@ def run_table1(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def markdown_table1(table: pd.DataFrame, caption: str) -> str:
-    """Table 1 for reading: per regime, score [interval], paired difference to + Synthetic [interval]."""
-    rows = []
+    """Table 1 for reading: per regime, the judge's score [interval], its paired difference to + Synthetic
+    [interval], and the strict metrics (gold answer contained in the answer; exact match)."""
+    rows, judge = [], table["judge"].iloc[0]
     for r in table.itertuples():
         diff = "—" if r.method == SYNTH else f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, " \
                                               f"{r.score_vs_baseline_ci_high:+.1f}]"
-        row = {"regime": r.regime, "method": r.method, "score % [95% CI over passages]":
+        row = {"regime": r.regime, "method": r.method, f"{judge} % [95% CI over passages]":
                f"{r.score:.1f} [{r.score_ci_low:.1f}, {r.score_ci_high:.1f}]",
-               "vs + Synthetic [95% CI]": diff, "questions / passages": f"{r.n_items} / {r.n_documents}"}
+               "vs + Synthetic [95% CI]": diff,
+               "contains gold %": f"{r.contains:.1f} [{r.contains_ci_low:.1f}, {r.contains_ci_high:.1f}]",
+               "exact match %": f"{r.exact:.1f}", "questions / passages": f"{r.n_items} / {r.n_documents}"}
         if r.seeds > 1:
             row["per seed"] = r.score_per_seed
         if table["paper_reported"].notna().any():
@@ -317,11 +322,16 @@ def conclusion(table: pd.DataFrame) -> str:
         d, lo, hi = -base.score_vs_baseline, -base.score_vs_baseline_ci_high, -base.score_vs_baseline_ci_low
         lines.append(f"[{regime}] target SFT ({SYNTH}) − Base = {d:+.1f} [{lo:+.1f}, {hi:+.1f}] points: "
                      f"{verdict(d, lo, hi)}.")
+        d, lo, hi = -base.contains_vs_baseline, -base.contains_vs_baseline_ci_high, -base.contains_vs_baseline_ci_low
+        lines.append(f"[{regime}] on the strict metric (gold answer contained): target SFT − Base = {d:+.1f} "
+                     f"[{lo:+.1f}, {hi:+.1f}] points: {verdict(d, lo, hi)}.")
         for m in [m for m in rows.index if m.startswith("PaST")]:
             r = rows.loc[m]
             lines.append(f"[{regime}] {m} − {SYNTH} = {r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, "
                          f"{r.score_vs_baseline_ci_high:+.1f}] points: "
-                         f"{verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high)}.")
+                         f"{verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high)}; "
+                         f"strict metric {r.contains_vs_baseline:+.1f} [{r.contains_vs_baseline_ci_low:+.1f}, "
+                         f"{r.contains_vs_baseline_ci_high:+.1f}].")
     return "\n".join(lines)
 
 
