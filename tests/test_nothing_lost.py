@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -259,25 +258,31 @@ def test_inject_into_an_adapter_uses_the_base_it_records(tiny_model, tmp_path):
         inject(tmp_path / "adapter", v, tmp_path / "out2")
 
 
-def test_two_processes_building_one_stage_build_it_once(tmp_path, monkeypatch):
+def _build_demo_stage(log_file):
     from pastkit.stages import run_stage
+
+    def build(d):
+        with open(log_file, "a") as f:
+            f.write("built\n")
+        time.sleep(0.5)
+        (d / "out.txt").write_text("built")
+
+    run_stage("demo", {"p": 1}, build, log=lambda *_: None, expect=("out.txt",))
+
+
+def test_two_processes_building_one_stage_build_it_once(tmp_path, monkeypatch):
+    import multiprocessing
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
     stale = tmp_path / ".grpo-abc.tmp-4194400"  # left by a killed run (that pid does not exist)
     stale.mkdir()
     (stale / "weights").write_bytes(b"x" * 1000)
-    calls, results = [], []
-
-    def build(d):
-        calls.append(1)
-        time.sleep(0.5)
-        (d / "out.txt").write_text("built")
-
-    threads = [threading.Thread(target=lambda: results.append(
-        run_stage("demo", {"p": 1}, build, log=lambda *_: None, expect=("out.txt",)))) for _ in range(2)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert len(calls) == 1 and results[0] == results[1]
-    assert not stale.exists()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_build_demo_stage, args=(tmp_path / "builds.log",)) for _ in range(2)]
+    [p.start() for p in procs]
+    [p.join(60) for p in procs]
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "builds.log").read_text() == "built\n"  # the second process waited and reused the stage
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("demo-")] and not stale.exists()
 
 
 @pytest.mark.parametrize("override, message", [

@@ -71,3 +71,23 @@ def test_heatmap_axes(tmp_path):
     ax = heatmap(pd.DataFrame(rows), "test")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["gate", "up"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+
+
+def test_heatmap_of_undefined_cosines_has_a_finite_scale(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = [{"tensor": f"model.layers.{i}.mlp.up_proj.weight", "layer": i, "module": "up", "n": 100,
+             "norm_a": 1.0, "norm_b": 0.0, "cos": float("nan"), "random_baseline": 0.1} for i in range(2)]
+    ax = heatmap(pd.DataFrame(rows), "all undefined")
+    lo, hi = ax.collections[0].get_clim()
+    assert (lo, hi) == (-1.0, 1.0) and "2 tensors with a zero delta" in ax.get_title()
+
+
+def test_times_random_is_one_for_unrelated_directions():
+    from pastkit.orthogonality import times_random
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(200):
+        a, b = torch.randn(4096, generator=g), torch.randn(4096, generator=g)
+        rows.append({"cos": float(a @ b / (a.norm() * b.norm())), "random_baseline": 1 / math.sqrt(4096)})
+    assert 0.85 < times_random(pd.DataFrame(rows)) < 1.15

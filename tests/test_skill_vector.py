@@ -107,3 +107,13 @@ def test_cli_extract_inject_on_tiny_model(tiny_model, tmp_path, capsys):
                  "--lam", "0", "-o", str(tmp_path / "out"), "--force"]) == 0
     assert torch.equal(load_dir(tmp_path / "out")["model.norm.weight"], base["model.norm.weight"])
     assert listing(tmp_path) == ["out", "rl", "v.safetensors"]
+
+
+def test_extracting_identical_checkpoints_warns_that_the_vector_is_zero(trio, tmp_path, capsys):
+    sft_dir, *_ = trio
+    out = str(tmp_path / "v.safetensors")
+    assert main(["vector", "extract", "--rl", str(sft_dir), "--sft", str(sft_dir), "-o", out]) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "exactly zero" in captured.err and "‖v‖=0" in captured.out
+    v = SkillVector.extract(trio[1], sft_dir)
+    assert f"‖v‖={v.norm():.4g}" in repr(v) and v.norm() > 0
