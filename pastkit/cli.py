@@ -17,6 +17,7 @@ pastkit: Parametric Skill Transfer (PaST) tools.
   pastkit vector extract --rl RL --sft SFT -o v.safetensors
   pastkit vector inject --model T --vector v.safetensors --lam 1.0 -o OUT
   pastkit cosine --base BASE A B -o table.csv --heatmap fig.png
+  pastkit probe --profile cpu --regime single          how many invented facts the knowledge SFT teaches
   pastkit run --profile smoke                          execute every notebook with papermill
   pastkit run --profile cpu --reference                the reference run: regenerate figures/ (make figures)
 
@@ -64,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     cos.add_argument("--title", default="cos(ΔA, ΔB)")
     cos.add_argument("--vocab", default="error", choices=["error", "overlap"])
     cos.add_argument("--force", action="store_true", help="replace existing outputs (only ones pastkit wrote)")
+
+    probe = sub.add_parser("probe", help="how many invented facts a knowledge SFT teaches (the knowledge probe)")
+    probe.add_argument("--profile", default="cpu", help="params profile whose model and SFT settings to use")
+    probe.add_argument("--regime", default="single", choices=["single", "cpt"],
+                       help="LoRA on one passage at a time (single) or full FT on all passages at once (cpt)")
+    probe.add_argument("--variant", default="target", choices=["passage_only", "sentences", "target"],
+                       help="SFT data: the passage; + each of its sentences; + self-generated implications")
+    probe.add_argument("--seed", type=int, default=0)
 
     run = sub.add_parser("run", help="execute the notebooks of a params profile with papermill")
     run.add_argument("--profile", default="cpu", help="a name in params/ (smoke, cpu, paper) or a YAML path")
@@ -131,8 +140,20 @@ def _dispatch(args) -> int:
             ax = heatmap(table, args.title)
             with atomic_output(outs[1], force=args.force, inputs=inputs, provenance=prov) as tmp:
                 ax.figure.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+    elif args.command == "probe":
+        from .benchmarks.squad import SquadParams, knowledge_probe
+        from .config import load_profile
+        table, _ = knowledge_probe(SquadParams(**load_profile(args.profile)), args.regime, args.variant, args.seed)
+        cols = ["method", "n_items", "contains", "contains_ci_low", "contains_ci_high", "exact", "score"]
+        print(table[cols].to_markdown(index=False))
     elif args.command == "run":
+        import logging
+
         from .driver import run_profile
+        handler = logging.StreamHandler(sys.stdout)  # papermill logs each cell's output: the console's progress
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("papermill").addHandler(handler)
+        logging.getLogger("papermill").setLevel(logging.INFO)
         run_profile(args.profile, only=args.only, reference=args.reference)
     return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +147,7 @@ class SquadParams(PastParams):
 # ---------------------------------------------------------------------------------------------------
 
 BASE, PASSAGE, SYNTH = "Base", "Train on Passage", "Train on Passage + Synthetic"
+VARIANTS = ("source", "target", "passage_only", "sentences")  # SFT data: see Squad.sft_phases
 # Paper Table 1 (Qwen2.5-7B, GPT-4.1 judge), reported, not measured here: {method: {regime: accuracy %}}.
 # Baselines there are SEAL's numbers; "PaST 50" is one round, "PaST 50×2" two rounds.
 PAPER_TABLE1 = {BASE: {"single": 32.7, "cpt": 32.7}, PASSAGE: {"single": 33.5, "cpt": 36.0},
@@ -196,9 +198,13 @@ class Squad:
         return [r["generations"] for r in json.loads((stage.path / "implications.json").read_text())]
 
     def sft_phases(self, engine: Engine, domain: Domain, variant: str) -> list[SFTPhase]:
-        """One phase. variant "source" and "target": passages + implications; "passage_only": passages alone."""
+        """One phase. variant "source" and "target": passages + implications (the paper's); "passage_only":
+        passages alone; "sentences": passages + each of their sentences as a sequence of its own."""
         p, passages, regime = engine.p, domain.data["passages"], domain.data["regime"]
-        gens = None if variant == "passage_only" else self.implications(engine, passages)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown SFT data variant {variant!r}; known: {VARIANTS}")
+        gens = None if variant == "passage_only" else [split_sentences(x["context"]) for x in passages] \
+            if variant == "sentences" else self.implications(engine, passages)
         if regime == "single":
             docs = single_documents(passages[0], gens[0] if gens else None)
             spec = SFTSpec(p.single_epochs, p.single_lr, 1, 1, p.max_seq_len, p.lora_r, p.lora_alpha)
@@ -354,6 +360,19 @@ def rounds_table(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reward_report(rounds: pd.DataFrame) -> str:
+    """Did RL move the policy? Per seed and round, the reward's start and end with intervals, in words."""
+    lines = []
+    for r in rounds.itertuples():
+        rose = r.reward_end_ci[0] > r.reward_start_ci[1]
+        lines.append(f"seed {r.seed}, round {r.round}: mean reward {r.reward_start:.3f} {r.reward_start_ci} over the "
+                     f"first quarter of {r.grpo_steps} steps, {r.reward_end:.3f} {r.reward_end_ci} over the last: "
+                     + ("it rose (the intervals do not overlap)." if rose else
+                        "the intervals overlap, so this run cannot say RL raised the reward; read every PaST row "
+                        "below with that in mind."))
+    return "\n".join(lines)
+
+
 def orthogonality_pairs(study: Study) -> dict[str, pd.DataFrame]:
     """Cosine tables of the paper's pairs (Fig. 2, Fig. 4) and the referee's transfer check, first seed.
 
@@ -379,3 +398,36 @@ def orthogonality_pairs(study: Study) -> dict[str, pd.DataFrame]:
     v = SkillVector.load(rounds[-1].vector.path / VECTOR_FILE).source
     pairs[f"v{rounds[-1].k} vs ΔT_sft"] = cosine_table(v, delta(target, engine.base))
     return pairs
+
+
+# ---------------------------------------------------------------------------------------------------
+# The knowledge probe: does a knowledge SFT teach facts at all?
+# ---------------------------------------------------------------------------------------------------
+
+PROBE = DATA.parent / "probe" / "probe.json"  # invented passages: facts no model can know (see its README)
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
+def knowledge_probe(params: SquadParams, regime: str = "single", variant: str = "target", seed: int = 0,
+                    log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How many of the probe's invented facts a knowledge SFT recovers, closed-book, against the base model.
+
+    The probe's facts are invented, so the base model scores about 0 on the strict metric by construction and any
+    gain is knowledge the SFT put in. `regime` and `variant` are those of Table 1 ("single": LoRA per passage;
+    "cpt": all passages at once; variants "passage_only", "target" = passage + implications, "sentences" =
+    passage + each of its sentences). Returns (summary rows, per-question answers).
+    """
+    engine = Engine(Squad(), params, seed, log)
+    passages = [{**x, "pid": f"probe-{i}"} for i, x in enumerate(load_passages(PROBE))]
+    units = [_domain("probe", passages, "cpt")] if regime == "cpt" else \
+        [_domain(f"probe passage {x['pid']}", [x], "single") for x in passages]
+    frames = []
+    for unit in units:
+        frames.append(engine.answers(engine.base_model(), unit).assign(method=BASE))
+        frames.append(engine.answers(engine.adapt(unit, "target_sft", variant=variant), unit)
+                      .assign(method=f"SFT ({regime}, {variant})"))
+    answers = pd.concat(frames, ignore_index=True).assign(seed=seed)
+    return summarize(answers, baseline=BASE, metrics=("contains", "exact", "score")), answers
