@@ -53,17 +53,18 @@ def written_by_kit(path: str | os.PathLike) -> bool:
         except (CheckpointError, OSError):
             return False
     if path.name.endswith(RECORD_SUFFIX):  # a provenance record itself
-        return _is_record(path)
-    return _is_record(record_path(path)) and json.loads(record_path(path).read_text()).get("sha256") in (
-        None, sha256_file(path))
+        return _read_record(path) is not None
+    rec = _read_record(record_path(path))
+    return rec is not None and rec.get("sha256") in (None, sha256_file(path))
 
 
-def _is_record(path: Path) -> bool:
+def _read_record(path: Path) -> dict | None:
+    """A provenance record pastkit wrote, or None."""
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(rec, dict) and "pastkit_version" in rec
+        return None
+    return rec if isinstance(rec, dict) and "pastkit_version" in rec else None
 
 
 def _within(child: Path, parent: Path) -> bool:

@@ -126,6 +126,7 @@ class Engine:
                          "bytes": size}
         self.judge = make_judge(params.judge)
         self.flags: list[str] = []  # degenerate results met on the way, said out loud by the notebooks
+        self._norms: dict[str, float] = {}  # skill-vector stage key -> ‖v‖
 
     # -- building blocks ------------------------------------------------------------------------------
     def stage(self, name: str, inputs: dict, build, expect: tuple[str, ...], code: tuple = (), check=None) -> Stage:
@@ -150,7 +151,7 @@ class Engine:
                            lambda tmp: train_sft(start_dir, phase.records, tmp / "model", phase.spec, self.seed,
                                                  self.log),
                            expect=("model",), code=("pastkit.knowledge", "pastkit.training"))
-        summary = json.loads((stage.path / "model" / "summary.json").read_text())
+        summary = self.summary(stage)
         if not summary["loss_fell"]:
             self._flag(f"SFT phase {phase.name!r} ({stage.path.name}): the training loss did not fall "
                        f"({summary['loss_first']} → {summary['loss_last']})")
@@ -172,15 +173,22 @@ class Engine:
                                     "columns": digest(task.columns), "spec": spec.__dict__},
                            lambda tmp: train_grpo(init.path / "model", task, tmp / "model", spec, self.seed, self.log),
                            expect=("model",), code=("pastkit.skill_rl", "pastkit.training", *self.bench.code))
-        summary = self.rl_summary(stage)
+        summary = self.summary(stage)
         if summary["reward_never_varied"]:
             self._flag(f"GRPO ({stage.path.name}): the reward never varied within a group, so every advantage was "
                        "0 and RL changed nothing but what the KL term moved")
         return stage
 
     @staticmethod
-    def rl_summary(stage: Stage) -> dict:
+    def summary(stage: Stage) -> dict:
+        """What a training stage (SFT or GRPO) reported about its own run: its model/summary.json."""
         return json.loads((stage.path / "model" / "summary.json").read_text())
+
+    def vector_norm(self, stage: Stage) -> float:
+        """‖v‖ of a skill-vector stage, read once per engine (it streams the whole vector)."""
+        if stage.key not in self._norms:
+            self._norms[stage.key] = SkillVector.load(stage.path / VECTOR_FILE).norm()
+        return self._norms[stage.key]
 
     def vector(self, rl: Stage, sft: Stage) -> Stage:
         """v = θ_rl − θ_sft, saved; a zero or non-finite vector is flagged (non-finite is an error)."""
@@ -191,8 +199,7 @@ class Engine:
 
         stage = self.stage("skill-vector", {"rl": rl.key, "sft": sft.key}, build, expect=(VECTOR_FILE,),
                            code=("pastkit.skill_vector", "pastkit.checkpoint"))
-        v = SkillVector.load(stage.path / VECTOR_FILE)
-        if v.norm() == 0:
+        if self.vector_norm(stage) == 0:
             self._flag(f"skill vector {stage.path.name} is exactly zero: RL did not change the model, so every "
                        "PaST row equals its baseline")
         return stage

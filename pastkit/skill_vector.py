@@ -313,7 +313,8 @@ class SkillVector:
     def save(self, path, dtype: torch.dtype = torch.float32, force: bool = False) -> Path:
         """Stream the vector to one safetensors file with provenance metadata (fp32 by default: exact)."""
         names = self.keys()
-        meta = {**self.meta, "dtype": str(dtype).removeprefix("torch."), "n_tensors": len(names),
+        meta = {**{k: x for k, x in self.meta.items() if k != "norm"},  # the norm of the stored dtype comes after
+                "dtype": str(dtype).removeprefix("torch."), "n_tensors": len(names),
                 "n_params": self.numel(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "pastkit_version": __version__}
         bar = tqdm(total=len(names), desc="skill vector", unit="tensor", leave=False, disable=not interactive())

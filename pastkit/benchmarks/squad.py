@@ -26,7 +26,7 @@ from ..evaluation import summarize, verdict
 from ..generation import generate
 from ..judges import STRICT_METRICS
 from ..knowledge import SFTSpec
-from ..past import Domain, Engine, SFTPhase, Study, digest
+from ..past import VECTOR_FILE, Domain, Engine, SFTPhase, Study, digest
 from ..skill_rl import RLTask
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "squad"
@@ -343,20 +343,17 @@ def conclusion(table: pd.DataFrame) -> str:
 
 def rounds_table(study: Study) -> pd.DataFrame:
     """Per seed and round: GRPO reward at the start and end (with intervals), flags, and ‖v‖."""
-    from ..past import VECTOR_FILE
-    from ..skill_vector import SkillVector
-
     rows = []
     for engine in study.engines:
         for r in study.rounds[engine.seed]:
-            s = engine.rl_summary(r.rl)
+            s = engine.summary(r.rl)
             rw = {k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v])
                   for k, v in s["reward"].items() if k != "n"}
             rows.append({"seed": engine.seed, "round": r.k, "grpo_steps": s["steps"],
                          "reward_start": rw["start"], "reward_start_ci": rw["start_ci"],
                          "reward_end": rw["end"], "reward_end_ci": rw["end_ci"],
                          "reward_never_varied": s["reward_never_varied"],
-                         "skill_vector_norm": round(SkillVector.load(r.vector.path / VECTOR_FILE).norm(), 4)})
+                         "skill_vector_norm": round(engine.vector_norm(r.vector), 4)})
     return pd.DataFrame(rows)
 
 
@@ -380,7 +377,6 @@ def orthogonality_pairs(study: Study) -> dict[str, pd.DataFrame]:
     ΔT = θ_T − θ_base (target SFT on passages + implications, CPT regime).
     """
     from ..orthogonality import cosine_table
-    from ..past import VECTOR_FILE
     from ..skill_vector import SkillVector, open_delta
 
     engine = study.engines[0]
