@@ -143,7 +143,8 @@ def _dispatch(args) -> int:
     elif args.command == "probe":
         from .benchmarks.squad import SquadParams, knowledge_probe
         from .config import load_profile
-        table, _ = knowledge_probe(SquadParams(**load_profile(args.profile)), args.regime, args.variant, args.seed)
+        params = SquadParams.from_profile(load_profile(args.profile))
+        table, _ = knowledge_probe(params, args.regime, args.variant, args.seed)
         cols = ["method", "n_items", "contains", "contains_ci_low", "contains_ci_high", "exact", "score"]
         print(table[cols].to_markdown(index=False))
     elif args.command == "run":

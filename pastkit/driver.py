@@ -16,7 +16,7 @@ from .config import load_profile
 from .report import FIGURES, ROOT, results_folder
 
 # The notebooks in order, each with the benchmark whose parameters it takes.
-NOTEBOOKS = {"01_orthogonality": "squad", "02_squad": "squad"}
+NOTEBOOKS = {"01_orthogonality": "squad", "02_squad": "squad", "03_loogle": "loogle"}
 REFERENCE_PROFILE = "cpu"
 
 

@@ -26,18 +26,31 @@ import threading
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from .report import runs_dir
 
-# Appendix D.4.3, verbatim.
-JUDGE_PROMPT = (
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """A binary judge prompt ({question}, {gold}, {pred}) and the two words that are its verdicts."""
+
+    text: str
+    yes: str
+    no: str
+    source: str  # where it comes from (paper section)
+
+
+# Appendix D.4.3, verbatim: the SQuAD judge.
+JUDGE_PROMPT = JudgePrompt(
     "You are a grading assistant. Your job is to determine whether a student's answer correctly answers the "
     "question based solely on the provided gold answer. Do not use any outside knowledge. The student answer "
     "can include additional information, but it must at least fully convey the gold answer and must not "
     "contradict it. Ignore style, phrasing, or extra details that do not affect correctness. Respond ONLY "
     "with 'yes' or 'no'.\nQuestion: {question}\nGold answer: {gold}\nStudent answer: {pred}\n"
-    "Is the student answer correct based solely on the gold answer? Respond 'yes' or 'no'.")
+    "Is the student answer correct based solely on the gold answer? Respond 'yes' or 'no'.",
+    "yes", "no", "paper Appendix D.4.3")
 
 
 class JudgeError(RuntimeError):
@@ -93,7 +106,8 @@ class TokenF1Judge:
 
 
 class LLMJudge:
-    """Binary LLM judge (D.4.3 prompt) over an OpenAI-compatible endpoint, cached on disk.
+    """Binary LLM judge over an OpenAI-compatible endpoint, cached on disk; the prompt is the benchmark's
+    (SQuAD: D.4.3, yes/no; LooGLE: E.5, True/False).
 
     HTTP goes through the `openai` client with redirects turned off: the key is sent to the configured
     host only, and a redirect (to any host) is an error, never followed. Each verdict has a total deadline
@@ -104,7 +118,9 @@ class LLMJudge:
     name = "llm"
 
     def __init__(self, url: str | None = None, model: str | None = None, retries: int = 5,
-                 timeout: float | None = None, cache: Path | None = None, log=None):
+                 timeout: float | None = None, cache: Path | None = None, log=None,
+                 prompt: JudgePrompt = JUDGE_PROMPT):
+        self.prompt = prompt
         self.url = (url or os.environ.get("PASTKIT_JUDGE_URL", "")).rstrip("/")
         self.model = model or os.environ.get("PASTKIT_JUDGE_MODEL", "")
         if not self.url or not self.model:
@@ -136,15 +152,16 @@ class LLMJudge:
         return os.environ.get("PASTKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
     def score(self, question: str, gold: str, pred: str) -> float:
-        prompt = JUDGE_PROMPT.format(question=question, gold=gold, pred=pred)
+        prompt = self.prompt.text.format(question=question, gold=gold, pred=pred)
         key = hashlib.sha256(f"{self.model}\n{prompt}".encode()).hexdigest()
         if key in self.cache:
             return self.cache[key]
         reply = self._ask(prompt)
         word = (re.findall(r"[a-z]+", reply.lower()) or [""])[0]
-        if word not in ("yes", "no"):
-            raise JudgeError(f"judge {self.model} replied {reply[:80]!r}, not yes/no")
-        score = 1.0 if word == "yes" else 0.0
+        yes, no = self.prompt.yes.lower(), self.prompt.no.lower()
+        if word not in (yes, no):
+            raise JudgeError(f"judge {self.model} replied {reply[:80]!r}, not {self.prompt.yes}/{self.prompt.no}")
+        score = 1.0 if word == yes else 0.0
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.cache_path, "ab+") as f:
             f.seek(0, os.SEEK_END)
@@ -219,12 +236,13 @@ class LLMJudge:
         return content
 
     def describe(self) -> dict:
-        return {"judge": self.name, "model": self.model, "url": self.url, "prompt": "paper Appendix D.4.3"}
+        return {"judge": self.name, "model": self.model, "url": self.url, "prompt": self.prompt.source}
 
 
-def make_judge(name: str):
+def make_judge(name: str, prompt: JudgePrompt = JUDGE_PROMPT):
+    """The judge named in the params; `prompt` is the benchmark's, used by the llm judge."""
     if name == "token_f1":
         return TokenF1Judge()
     if name == "llm":
-        return LLMJudge()
+        return LLMJudge(prompt=prompt)
     raise ValueError(f"unknown judge {name!r}: 'token_f1' or 'llm'")

@@ -45,11 +45,28 @@ def record_format(records: list[dict]) -> set[str]:
     return keys
 
 
+def _plain_loss_trainer():
+    """trl's SFTTrainer with the model's own cross-entropy loss instead of trl's fused LM head.
+
+    The fused head computes log-probs, entropy and top-1 accuracy in Python-level tiles on CPU (Triton only on
+    CUDA/XPU); the loss is the same, but a step took about 1.5x as long here (bench/throughput.py, README).
+    trl documents overriding `compute_loss` as the way to change the loss.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return PlainLossSFTTrainer
+
+
 def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: int, log=print) -> dict:
     """Fine-tune `start_dir` on `records` and save to `out`; returns the summary (loss start/end, fell?)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     keys = record_format(records)
     tok = AutoTokenizer.from_pretrained(start_dir)
@@ -65,10 +82,11 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
                      per_device_train_batch_size=spec.batch, gradient_accumulation_steps=spec.grad_accum,
                      max_length=spec.max_len, packing=False, seed=seed, save_strategy="no", report_to="none",
                      logging_steps=1, disable_tqdm=not interactive(), **device_args(),
+                     train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
                      **({"dataset_text_field": "text"} if keys == {"text"} else {}))
     data = Dataset.from_list(records)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config,
-                         callbacks=[progress_callback("sft", ("loss",), log)])
+    trainer = _plain_loss_trainer()(model=model, args=args, train_dataset=data, processing_class=tok,
+                                    peft_config=peft_config, callbacks=[progress_callback("sft", ("loss",), log)])
     quiet_trainer(trainer)
     trainer.train()
     trainer.model.save_pretrained(out)

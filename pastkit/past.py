@@ -83,7 +83,8 @@ class SFTPhase:
 
 @dataclass
 class Round:
-    """One round of Algorithm 1."""
+    """One round of Algorithm 1. `selection`: the validation score of each kept RL checkpoint and the step
+    whose skill vector was taken (paper E.4), when the benchmark has a validation split and checkpoints are kept."""
 
     k: int
     domain: Domain
@@ -91,6 +92,7 @@ class Round:
     init: Stage
     rl: Stage
     vector: Stage
+    selection: dict | None = None
 
 
 @dataclass
@@ -124,7 +126,7 @@ class Engine:
         size = sum(f.stat().st_size for f in self.base.glob("*.safetensors"))
         self.base_key = {"model": params.model, "config": digest((self.base / "config.json").read_text()),
                          "bytes": size}
-        self.judge = make_judge(params.judge)
+        self.judge = make_judge(params.judge, *([benchmark.judge_prompt] if hasattr(benchmark, "judge_prompt") else []))
         self.flags: list[str] = []  # degenerate results met on the way, said out loud by the notebooks
         self._norms: dict[str, float] = {}  # skill-vector stage key -> ‖v‖
 
@@ -190,15 +192,17 @@ class Engine:
             self._norms[stage.key] = SkillVector.load(stage.path / VECTOR_FILE).norm()
         return self._norms[stage.key]
 
-    def vector(self, rl: Stage, sft: Stage) -> Stage:
-        """v = θ_rl − θ_sft, saved; a zero or non-finite vector is flagged (non-finite is an error)."""
+    def vector(self, rl: Stage, sft: Stage, step: str | None = None) -> Stage:
+        """v = θ_rl − θ_sft (θ_rl at a kept checkpoint "step-N" if given), saved; a zero vector is flagged."""
+        policy = rl.path / "model" / ("checkpoints/" + step if step else "")
+
         def build(tmp: Path):
             with warnings.catch_warnings():  # a zero vector is flagged below, on every read, not only when built
                 warnings.simplefilter("ignore", DegenerateWarning)
-                SkillVector.extract(rl.path / "model", sft.path / "model").save(tmp / VECTOR_FILE)
+                SkillVector.extract(policy, sft.path / "model").save(tmp / VECTOR_FILE)
 
-        stage = self.stage("skill-vector", {"rl": rl.key, "sft": sft.key}, build, expect=(VECTOR_FILE,),
-                           code=("pastkit.skill_vector", "pastkit.checkpoint"))
+        stage = self.stage("skill-vector", {"rl": rl.key, "sft": sft.key, **({"step": step} if step else {})},
+                           build, expect=(VECTOR_FILE,), code=("pastkit.skill_vector", "pastkit.checkpoint"))
         if self.vector_norm(stage) == 0:
             self._flag(f"skill vector {stage.path.name} is exactly zero: RL did not change the model, so every "
                        "PaST row equals its baseline")
@@ -212,10 +216,31 @@ class Engine:
             sft = self.sft(None, self.bench.sft_phases(self, domain, "source"))
             init = sft if prev is None else self.with_vector(sft, prev, 1.0)
             rl = self.grpo(init, self.bench.rl_task(self, domain))
-            vector = self.vector(rl, sft)
-            rounds.append(Round(k, domain, sft, init, rl, vector))
+            vector, selection = self.select(rl, sft)
+            rounds.append(Round(k, domain, sft, init, rl, vector, selection))
             prev = vector
         return rounds
+
+    def select(self, rl: Stage, sft: Stage) -> tuple[Stage, dict | None]:
+        """The skill vector of the RL checkpoint that transfers best to the validation split (paper E.4).
+
+        Each kept checkpoint's vector (and the final policy's) is added to the target SFT of the validation
+        documents, and the PaST model is scored on their questions; the best mean score wins (ties: the
+        earlier step). Without a validation split or kept checkpoints, the final policy's vector is taken."""
+        steps = self.summary(rl).get("checkpoints", [])
+        validation = self.bench.validation(self.p) if hasattr(self.bench, "validation") else None
+        if not steps or validation is None:
+            return self.vector(rl, sft), None
+        val_sft = self.sft(None, self.bench.sft_phases(self, validation, "target"))
+        final = f"step-{self.summary(rl)['steps']}"
+        candidates = {s: self.vector(rl, sft, s) for s in steps if s != final}
+        candidates[final] = self.vector(rl, sft)
+        scores = {s: float(self.answers(self.model_of(val_sft, v, self.p.lam), validation, "validation")["score"]
+                           .mean()) for s, v in candidates.items()}
+        best = max(scores, key=lambda s: (scores[s], -int(s.split("-")[1])))
+        self.log(f"[select] validation score per RL checkpoint: "
+                 f"{', '.join(f'{s} {x:.3f}' for s, x in scores.items())} -> {best}")
+        return candidates[best], {"scores": scores, "chosen": best, "validation": validation.name}
 
     # -- transfer -------------------------------------------------------------------------------------
     def adapt(self, unit: Domain, strategy: Strategy | str, source: Round | None = None, lam: float | None = None,
@@ -314,3 +339,86 @@ class Study:
     @property
     def flags(self) -> list[str]:
         return [f for e in self.engines for f in e.flags]
+
+    def orthogonality_pairs(self, target: Stage) -> dict[str, pd.DataFrame]:
+        """Cosine tables of the paper's pairs (Fig. 2, Fig. 4) and the referee's transfer check, first seed.
+
+        ΔSFT_k = θ_sft_k − θ_base; ΔRL_k = θ_rl_k − θ_init_k (what RL itself moved); v_K the final skill vector;
+        ΔT = θ_T − θ_base for `target`, the benchmark's target SFT stage.
+        """
+        from .orthogonality import cosine_table
+        from .skill_vector import open_delta
+
+        engine = self.engines[0]
+        rounds = self.rounds[engine.seed]
+
+        def delta(stage, base):
+            return open_delta(stage.path / "model", base=base)
+
+        pairs = {}
+        for r in rounds:
+            pairs[f"ΔSFT{r.k} vs ΔRL{r.k}"] = cosine_table(delta(r.sft, engine.base),
+                                                          delta(r.rl, r.init.path / "model"))
+        if len(rounds) >= 2:
+            pairs["ΔSFT1 vs ΔSFT2"] = cosine_table(delta(rounds[0].sft, engine.base),
+                                                   delta(rounds[1].sft, engine.base))
+        v = SkillVector.load(rounds[-1].vector.path / VECTOR_FILE).source
+        pairs[f"v{rounds[-1].k} vs ΔT_sft"] = cosine_table(v, delta(target, engine.base))
+        return pairs
+
+
+def rounds_table(study: Study) -> pd.DataFrame:
+    """Per seed and round: GRPO reward at the start and end (with intervals), flags, and ‖v‖."""
+    rows = []
+    for engine in study.engines:
+        for r in study.rounds[engine.seed]:
+            s = engine.summary(r.rl)
+            rw = {k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v])
+                  for k, v in s["reward"].items() if k != "n"}
+            rows.append({"seed": engine.seed, "round": r.k, "grpo_steps": s["steps"],
+                         "reward_start": rw["start"], "reward_start_ci": rw["start_ci"],
+                         "reward_end": rw["end"], "reward_end_ci": rw["end_ci"],
+                         "reward_never_varied": s["reward_never_varied"],
+                         "skill_vector_norm": round(engine.vector_norm(r.vector), 4)})
+    return pd.DataFrame(rows)
+
+
+def reward_report(rounds: pd.DataFrame) -> str:
+    """Did RL move the policy? Per seed and round, the reward's start and end with intervals, in words."""
+    lines = []
+    for r in rounds.itertuples():
+        rose = r.reward_end_ci[0] > r.reward_start_ci[1]
+        lines.append(f"seed {r.seed}, round {r.round}: mean reward {r.reward_start:.3f} {r.reward_start_ci} over the "
+                     f"first quarter of {r.grpo_steps} steps, {r.reward_end:.3f} {r.reward_end_ci} over the last: "
+                     + ("it rose (the intervals do not overlap)." if rose else
+                        "the intervals overlap, so this run cannot say RL raised the reward; read every PaST row "
+                        "below with that in mind."))
+    return "\n".join(lines)
+
+
+def plot_reward_curves(study: Study, caption: str):
+    """GRPO's mean reward per step for every seed and round, with a moving average over a quarter of the run."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .training import curve
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for engine in study.engines:
+        for r in study.rounds[engine.seed]:
+            history = json.loads((r.rl.path / "model" / "train_log.json").read_text())
+            rewards = curve(history, "reward")
+            if not rewards:
+                continue
+            w = max(1, len(rewards) // 4)
+            smooth = np.convolve(rewards, np.ones(w) / w, mode="valid")
+            line, = ax.plot(range(1, len(rewards) + 1), rewards, lw=0.6, alpha=0.35)
+            ax.plot(range(w, len(rewards) + 1), smooth, color=line.get_color(), lw=2,
+                    label=f"seed {engine.seed}, round {r.k}")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward of the group")
+    ax.legend(fontsize=8)
+    ax.set_title("Source RL: reward per step (thin) and its moving average over a quarter of the run", fontsize=9)
+    fig.suptitle(caption, fontsize=8, y=0.0, va="top")
+    fig.tight_layout()
+    return fig

@@ -300,15 +300,15 @@ def test_bad_input_files_stop_before_any_work(tmp_path):
     passages = [{"title": "t", "context": "c", "questions": [{"question": "q?", "answer": "a"}]}]
     good = tmp_path / "good.json"
     good.write_text(json.dumps(passages))
-    SquadParams.collect({"target_passages": str(good), "n_target": 1})
+    SquadParams.collect({"target_passages": str(good), "n_target": 1, "n_single": 1})
     with pytest.raises(FileNotFoundError, match="missing.json"):
         SquadParams.collect({"target_passages": str(tmp_path / "missing.json")})
-    with pytest.raises(ValueError, match="has 1 passages, but n_target/n_single ask for 40"):
+    with pytest.raises(ValueError, match="has 1 passages, but n_target/n_single ask for 16"):
         SquadParams.collect({"target_passages": str(good)})
     nulls = tmp_path / "nulls.json"
     nulls.write_text(json.dumps([{**passages[0], "questions": [{"question": None, "answer": "a"}]}]))
     with pytest.raises(ValueError, match="not a non-empty string"):
-        SquadParams.collect({"target_passages": str(nulls), "n_target": 1})
+        SquadParams.collect({"target_passages": str(nulls), "n_target": 1, "n_single": 1})
 
 
 def test_messages_name_the_side_that_lacks_a_tensor(tmp_path):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pastkit.benchmarks.loogle import LoogleParams
 from pastkit.benchmarks.squad import SquadParams, cpt_documents, load_passages, single_documents, source_rounds
 from pastkit.config import load_profile
 from pastkit.evaluation import bootstrap_interval, paired_difference
@@ -59,21 +60,27 @@ def test_params_are_typed_and_validated():
 
 def test_profiles_and_notebook_parameter_cells_agree():
     """The parameters cells hold the defaults (the cpu profile); profiles hold only what differs from them."""
-    for name in ("01_orthogonality", "02_squad"):
+    from pastkit.benchmarks import get_benchmark
+    from pastkit.driver import NOTEBOOKS
+
+    classes = {name: get_benchmark(bench).params for name, bench in NOTEBOOKS.items()}
+    for name, cls in classes.items():
         nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
         cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(cells) == 1 and nb.cells.index(cells[0]) == 2  # right after the title and imports
         values = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(cells[0].source).body}
-        assert values == SquadParams().as_dict()
+        assert values == cls().as_dict(), name
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
         assert nb.metadata["kernelspec"]["language"] == "python"
-    defaults = SquadParams().as_dict()
     for profile in ("smoke", "cpu", "paper"):
         values = load_profile(profile)
-        assert set(values) <= SquadParams.names()
+        assert set(values) <= set().union(*(c.names() for c in classes.values()))
         assert values["profile"] == profile
-        assert all(v != defaults[k] for k, v in values.items() if k != "profile"), f"{profile} restates a default"
-        SquadParams(**values)
+        for k, v in values.items():  # a key must change something for at least one notebook that declares it
+            if k != "profile":
+                assert any(v != c().as_dict()[k] for c in classes.values() if k in c.names()), f"{profile}: {k}"
+        for cls in set(classes.values()):
+            cls.from_profile(values)
 
 
 def test_only_the_reference_run_writes_figures(monkeypatch):
@@ -126,8 +133,19 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     monkeypatch.setenv("PASTKIT_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
     executed = run_profile("smoke", out_dir=tmp_path / "executed", log=lambda *_: None)
-    (figs,) = (tmp_path / "results").iterdir()
-    assert figs.name == f"smoke-{SquadParams(**load_profile('smoke')).digest()}"
+    smoke = load_profile("smoke")
+    figs = tmp_path / "results" / f"smoke-{SquadParams.from_profile(smoke).digest()}"
+    loogle = tmp_path / "results" / f"smoke-{LoogleParams.from_profile(smoke).digest()}"
+    assert sorted((tmp_path / "results").iterdir()) == sorted([figs, loogle])
+    for name in ("table2_loogle.csv", "table2_loogle.md", "table2_loogle.png", "fig2_loogle_sft_rl.png",
+                 "fig4_loogle_sft_sft.png", "loogle_skill_vs_target.png", "orthogonality_loogle_summary.csv"):
+        assert (loogle / name).stat().st_size > 0, name
+    t2 = pd.read_csv(loogle / "table2_loogle.csv")
+    assert list(t2.method) == ["Base", "Target SFT", "PaST (1 round)", "PaST (2 rounds)"]
+    assert t2.paper_reported.isna().all()  # the shipped sample is not the paper's split: no paper numbers beside
+    prov = json.loads((loogle / "table2_loogle.csv.provenance.json").read_text())
+    assert prov["split"] == {"source": [[4], [3]], "validation": [2], "test": [0, 1]}
+    assert {r["round"] for r in prov["selection"] if r["chosen"]} == {1, 2}  # a checkpoint was chosen per round
     for name in ("fig2_orthogonality_sft_rl.png", "fig4_orthogonality_sft_sft.png",
                  "orthogonality_skill_vs_target.png", "orthogonality_summary.csv", "table1_squad.csv",
                  "table1_squad.md", "table1_squad.png"):
@@ -165,4 +183,4 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     run_profile(str(changed), out_dir=tmp_path / "executed", only=["02_squad"], log=lambda *_: None)
     added = [p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir() if p.name not in before]
     assert set(added) == {"inject", "answers"}
-    assert len(list((tmp_path / "results").iterdir())) == 2
+    assert len(list((tmp_path / "results").iterdir())) == 3

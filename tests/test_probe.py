@@ -21,7 +21,7 @@ from pastkit.past import Engine, Model, digest
 def test_the_probe_measures_knowledge_put_in_by_training(tmp_path, monkeypatch):
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
-    params = SquadParams(**{**load_profile("smoke"), "eval_max_new_tokens": 24})
+    params = SquadParams.from_profile({**load_profile("smoke"), "eval_max_new_tokens": 24})
     table, answers = knowledge_probe(params, regime="cpt", variant="sentences", log=lambda *_: None)
     base = table.set_index("method").loc[BASE]
     assert base.n_items == 40 and base.contains == 0 and base.exact == 0  # invented facts: nothing to know

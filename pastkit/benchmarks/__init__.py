@@ -1,12 +1,14 @@
 """The benchmarks PaST runs on, by name. A benchmark is one file implementing what the engine asks
 (`source_rounds`, `target_units`, `sft_phases`, `rl_task`, `scoring`, `score`; see `pastkit.past`) plus
-its typed parameters."""
+its typed parameters; optionally `validation` (documents on which RL checkpoints are chosen, `Engine.select`)
+and `judge_prompt` (the LLM judge's prompt for its answers)."""
 
 from __future__ import annotations
 
+from .loogle import Loogle
 from .squad import Squad
 
-BENCHMARKS = {"squad": Squad()}
+BENCHMARKS = {"squad": Squad(), "loogle": Loogle()}
 
 
 def get_benchmark(name: str):

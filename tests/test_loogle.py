@@ -1,0 +1,103 @@
+"""LooGLE: documents are parsed safely and refused with the line named; the split by index is the paper's on a
+105-document file and never lets a test document into training; excerpts, proposed QA pairs and cloze pairs."""
+
+import json
+
+import pytest
+
+from pastkit.benchmarks.loogle import LoogleParams, cloze_pairs, excerpts, load_documents, parse_qa, split
+
+
+def _line(title="T", text="Some text.", qa=None):
+    qa = qa if qa is not None else [{"S": "Some text.", "Q": "What?", "A": "Text."}]
+    return json.dumps({"input": text, "title": title, "qa_pairs": repr(qa), "output": "none"})
+
+
+def test_the_shipped_sample_loads_and_splits():
+    docs = load_documents("shortdep_qa")
+    assert [len(d["qa"]) for d in docs] == [11, 12, 16, 25, 16]
+    assert docs[0]["title"] == "José Luis Picardo"
+    assert split(5, 1, 2, 1, 50) == {"source": [[4], [3]], "validation": [2], "test": [0, 1]}
+    LoogleParams().check_inputs()
+
+
+def test_a_full_105_document_file_gets_the_papers_split(tmp_path):
+    path = tmp_path / "shortdep_qa.jsonl"
+    path.write_text("\n".join(_line(title=f"doc {i}") for i in range(105)) + "\n")
+    params = LoogleParams(documents=str(path), source_docs=5, val_docs=5)
+    params.check_inputs()
+    docs = load_documents(str(path))
+    s = split(len(docs), params.source_docs, params.rounds, params.val_docs, params.test_docs)
+    assert s["source"] == [list(range(100, 105)), list(range(95, 100))]
+    assert s["validation"] == list(range(90, 95)) and s["test"] == list(range(50))
+    assert [docs[i]["title"] for i in s["source"][0]] == [f"doc {i}" for i in range(100, 105)]
+    trained = {i for r in s["source"] for i in r} | set(s["validation"])
+    assert not trained & set(s["test"])
+    with pytest.raises(ValueError, match="at least one test document"):
+        split(3, 1, 2, 1, 50)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "line 2 is not JSON"),
+    (json.dumps({"input": "x", "title": "t"}), "line 2: needs string fields"),
+    (json.dumps({"input": "x", "title": "t", "qa_pairs": "[{'Q': 'q'"}), "line 2: 'qa_pairs' is not a Python literal"),
+    (json.dumps({"input": "x", "title": "t", "qa_pairs": "__import__('os').system('echo pwned')"}),
+     "line 2: 'qa_pairs' is not a Python literal"),
+    (json.dumps({"input": "x", "title": "empty", "qa_pairs": "[]"}), "line 2: document 'empty' has no questions"),
+    (json.dumps({"input": "x", "title": "t", "qa_pairs": "[{'Q': 'q', 'A': ''}]"}), "line 2: a question-answer pair"),
+])
+def test_bad_documents_are_refused_naming_the_line(tmp_path, line, message):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(_line() + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=message) as e:
+        load_documents(str(path))
+    assert str(path) in str(e.value)
+    with pytest.raises(FileNotFoundError, match="shortdep_qa"):
+        load_documents(str(tmp_path / "missing.jsonl"))
+
+
+def test_excerpts_keep_the_text_around_evidence_and_count_what_they_drop():
+    words = [f"w{i}" for i in range(400)]
+    words[100:104] = ["The", "river", "Qel", "floods."]
+    words[120:124] = ["Its", "wide", "delta", "is", "green."]
+    doc = {"text": " ".join(words), "qa": [
+        {"S": "The river Qel floods.", "Q": "What floods?", "A": "The Qel."},
+        {"S": "Its wide  delta is\ngreen.", "Q": "What colour?", "A": "Green."},  # whitespace differs: still found
+        {"S": "Nowhere in the document at all.", "Q": "?", "A": "-"}]}
+    texts, kept, dropped = excerpts(doc, 40)
+    assert dropped == 1 and [q["Q"] for q in kept] == ["What floods?", "What colour?"]
+    assert len(texts) == 1  # the two windows overlap and are merged
+    assert "The river Qel floods." in texts[0] and "Its wide delta is green." in texts[0]
+    assert texts[0].split()[0] == "w90" and len(texts[0].split()) == 60  # from a quarter window before the first
+    whole, all_qa, none = excerpts(doc, 0)
+    assert whole == [doc["text"]] and len(all_qa) == 3 and none == 0
+
+
+@pytest.mark.parametrize("text, pair", [
+    ("<question> What is X? </question> <answer> X is Y. </answer>", ("What is X?", "X is Y.")),
+    ("Sure! <question>Q?</question>\n<answer>A</answer> trailing", ("Q?", "A")),
+    ("<question>Q?</question>", None),                      # no answer
+    ("<question></question><answer>A</answer>", None),      # empty question
+    ("<question>Q <answer>A</answer>", None),               # unclosed tag
+    ("question: Q? answer: A", None),                        # no tags at all
+])
+def test_proposed_pairs_are_parsed_or_rejected(text, pair):
+    assert parse_qa(text) == pair
+
+
+def test_cloze_pairs_ask_for_the_end_of_a_sentence():
+    pairs = cloze_pairs("Doc", "Short one. The old lighthouse keeper painted the tower red every spring.", 3)
+    assert pairs == [('In "Doc", how does this sentence end: "The old lighthouse keeper painted the ..."?',
+                      "tower red every spring.")]  # ten words: the first six asked, the last four answered
+
+
+def test_loogle_params_are_validated():
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        LoogleParams(chunk_tokens=[])
+    with pytest.raises(ValueError, match="qa_source"):
+        LoogleParams(qa_source="gpt")
+    with pytest.raises(ValueError, match="overlaps"):
+        LoogleParams(chunk_tokens=[32], chunk_overlap=32)
+    assert LoogleParams(excerpt_words=0).excerpt_words == 0  # 0 means whole documents
+    with pytest.raises(ValueError, match="source_docs"):
+        LoogleParams(source_docs=0)
