@@ -58,16 +58,16 @@ def test_bad_documents_are_refused_naming_the_line(tmp_path, line, message):
 
 def test_excerpts_keep_the_text_around_evidence_and_count_what_they_drop():
     words = [f"w{i}" for i in range(400)]
-    words[100:104] = ["The", "river", "Qel", "floods."]
-    words[120:124] = ["Its", "wide", "delta", "is", "green."]
+    words[100:106] = ["The", "river", "Qel", "floods", "every", "spring.[6]"]
+    words[120:126] = ["Its", "wide", "delta", "is", "always", "green."]
     doc = {"text": " ".join(words), "qa": [
-        {"S": "The river Qel floods.", "Q": "What floods?", "A": "The Qel."},
-        {"S": "Its wide  delta is\ngreen.", "Q": "What colour?", "A": "Green."},  # whitespace differs: still found
-        {"S": "Nowhere in the document at all.", "Q": "?", "A": "-"}]}
+        {"S": "The river Qel floods every spring.", "Q": "What floods?", "A": "The Qel."},  # citation mark in text
+        {"S": "Its wide  delta is\n‘always’ green.", "Q": "What colour?", "A": "Green."},  # spacing, quotes differ
+        {"S": "Nowhere in the document at all, not a word of it.", "Q": "?", "A": "-"}]}
     texts, kept, dropped = excerpts(doc, 40)
     assert dropped == 1 and [q["Q"] for q in kept] == ["What floods?", "What colour?"]
     assert len(texts) == 1  # the two windows overlap and are merged
-    assert "The river Qel floods." in texts[0] and "Its wide delta is green." in texts[0]
+    assert "The river Qel floods every spring.[6]" in texts[0] and "Its wide delta is always green." in texts[0]
     assert texts[0].split()[0] == "w90" and len(texts[0].split()) == 60  # from a quarter window before the first
     whole, all_qa, none = excerpts(doc, 0)
     assert whole == [doc["text"]] and len(all_qa) == 3 and none == 0
