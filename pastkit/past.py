@@ -422,3 +422,25 @@ def plot_reward_curves(study: Study, caption: str):
     fig.suptitle(caption, fontsize=8, y=0.0, va="top")
     fig.tight_layout()
     return fig
+
+
+def rl_effect(study: Study) -> pd.DataFrame:
+    """Did RL move the policy on its source documents? Per seed and round: the benchmark's own scoring of θ_init
+    (where RL started) and of θ_rl on every question of the round's source documents, closed-book, with the
+    paired difference and its interval over documents. Less noisy than the reward curve, whose quarters hold a
+    few sampled groups each. (SQuAD: RL trained on these questions; LooGLE: on cloze questions of the same text.)"""
+    from .evaluation import bootstrap_interval, paired_difference
+
+    rows = []
+    for engine in study.engines:
+        for r in study.rounds[engine.seed]:
+            before = engine.answers(engine.model_of(r.init), r.domain, "source")
+            after = engine.answers(engine.model_of(r.rl), r.domain, "source")
+            row = {"seed": engine.seed, "round": r.k, "questions": len(before)}
+            for m in [m for m in ("score", "contains") if m in before]:
+                d, lo, hi = paired_difference(after[m], before[m], before["document"])
+                row.update({f"{m} before %": round(100 * bootstrap_interval(before[m])[0], 1),
+                            f"{m} after %": round(100 * after[m].mean(), 1),
+                            f"{m} after − before": f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"})
+            rows.append(row)
+    return pd.DataFrame(rows)
