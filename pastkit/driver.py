@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .benchmarks import get_benchmark
+from .ablations import SquadAblationParams
+from .benchmarks.loogle import LoogleParams
+from .benchmarks.squad import SquadParams
 from .config import load_profile
 from .report import FIGURES, ROOT, results_folder
 
-# The notebooks in order, each with the benchmark whose parameters it takes.
-NOTEBOOKS = {"01_orthogonality": "squad", "02_squad": "squad", "03_loogle": "loogle"}
+# The notebooks in order, each with the parameters class its `parameters` cell declares.
+NOTEBOOKS = {"01_orthogonality": SquadParams, "02_squad": SquadParams, "03_loogle": LoogleParams,
+             "05_ablations": SquadAblationParams}
 REFERENCE_PROFILE = "cpu"
 
 
@@ -51,13 +54,13 @@ def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | Non
         raise ValueError(f"profile {profile!r} sets {stray}, which no notebook declares")
     params = {n: {k: v for k, v in values.items() if k in declared[n]} for n in names}
     for n in names:  # a bad value or input file stops the run before any notebook starts
-        get_benchmark(NOTEBOOKS[n]).params(**params[n]).check_inputs()
+        NOTEBOOKS[n](**params[n]).check_inputs()
     out_dir = Path(out_dir or ROOT / "executed" / label)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
     for name in names:
         t0 = time.time()
-        where = results_folder(get_benchmark(NOTEBOOKS[name]).params(**params[name]))
+        where = results_folder(NOTEBOOKS[name](**params[name]))
         log(f"== {name} ({label} profile) -> results in {where}")
         out = out_dir / f"{name}.ipynb"
         try:

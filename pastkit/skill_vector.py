@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -225,6 +226,31 @@ def _describe(path) -> dict:
             "model_type": cfg.get("model_type"), "adapter": is_adapter(path)}
 
 
+class RandomLike:
+    """A random direction with the Frobenius norm of `source` in every tensor (Gaussian, seeded per tensor name).
+
+    The control a referee asks for: injected like v, does a vector of the same size but no learned direction
+    help as much? Tensors that are zero in `source` stay zero."""
+
+    def __init__(self, source: TensorSource, seed: int):
+        self.source, self.seed = source, seed
+
+    def keys(self) -> list[str]:
+        return self.source.keys()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        ref = self.source.get(name).float()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        r = torch.randn(tuple(ref.shape), generator=g)
+        return r * (ref.norm() / r.norm()) if r.norm() > 0 else r
+
+    def inputs(self) -> list:
+        return _inputs(self.source)
+
+
 class SkillVector:
     """A parameter delta with provenance. `v = SkillVector.extract(rl, sft)`; `v.apply_to(model, out, lam=1)`."""
 
@@ -309,6 +335,12 @@ class SkillVector:
 
     def __sub__(self, other: SkillVector) -> SkillVector:
         return self + (-other)
+
+    def random_like(self, seed: int = 0) -> SkillVector:
+        """Same norm as this vector in every tensor, random direction (`RandomLike`)."""
+        meta = {k: x for k, x in self.meta.items() if k not in ("norm", "formula")}
+        formula = f"random like ({self.meta.get('formula')}), seed {seed}"
+        return SkillVector(RandomLike(self.source, seed), {**meta, "formula": formula})
 
     def save(self, path, dtype: torch.dtype = torch.float32, force: bool = False) -> Path:
         """Stream the vector to one safetensors file with provenance metadata (fp32 by default: exact)."""

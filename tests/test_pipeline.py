@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pastkit.ablations import SquadAblationParams
 from pastkit.benchmarks.loogle import LoogleParams
 from pastkit.benchmarks.squad import SquadParams, cpt_documents, load_passages, single_documents, source_rounds
 from pastkit.config import load_profile
@@ -60,10 +61,9 @@ def test_params_are_typed_and_validated():
 
 def test_profiles_and_notebook_parameter_cells_agree():
     """The parameters cells hold the defaults (the cpu profile); profiles hold only what differs from them."""
-    from pastkit.benchmarks import get_benchmark
     from pastkit.driver import NOTEBOOKS
 
-    classes = {name: get_benchmark(bench).params for name, bench in NOTEBOOKS.items()}
+    classes = NOTEBOOKS
     for name, cls in classes.items():
         nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
         cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -136,7 +136,15 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     smoke = load_profile("smoke")
     figs = tmp_path / "results" / f"smoke-{SquadParams.from_profile(smoke).digest()}"
     loogle = tmp_path / "results" / f"smoke-{LoogleParams.from_profile(smoke).digest()}"
-    assert sorted((tmp_path / "results").iterdir()) == sorted([figs, loogle])
+    ablations = tmp_path / "results" / f"smoke-{SquadAblationParams.from_profile(smoke).digest()}"
+    assert sorted((tmp_path / "results").iterdir()) == sorted([figs, loogle, ablations])
+    for name in ("table4_transfer.csv", "table4_transfer.md", "table4_transfer.png", "controls_squad.csv",
+                 "controls_squad.png", "lambda_validation_squad.csv", "lambda_test_squad.csv"):
+        assert (ablations / name).stat().st_size > 0, name
+    t4 = pd.read_csv(ablations / "table4_transfer.csv")
+    assert list(t4.method) == ["Target SFT", "Post-hoc composition (PaST)", "Pre-injection", "Sequential fine-tuning"]
+    lam = pd.read_csv(ablations / "lambda_validation_squad.csv")
+    assert list(lam.lam) == [0.0, 0.5, 1.0, 1.5, 2.0] and lam.chosen.sum() == 1
     for name in ("table2_loogle.csv", "table2_loogle.md", "table2_loogle.png", "fig2_loogle_sft_rl.png",
                  "fig4_loogle_sft_sft.png", "loogle_skill_vs_target.png", "orthogonality_loogle_summary.csv"):
         assert (loogle / name).stat().st_size > 0, name
@@ -183,4 +191,4 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     run_profile(str(changed), out_dir=tmp_path / "executed", only=["02_squad"], log=lambda *_: None)
     added = [p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir() if p.name not in before]
     assert set(added) == {"inject", "answers"}
-    assert len(list((tmp_path / "results").iterdir())) == 3
+    assert len(list((tmp_path / "results").iterdir())) == 4

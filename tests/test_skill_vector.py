@@ -117,3 +117,19 @@ def test_extracting_identical_checkpoints_warns_that_the_vector_is_zero(trio, tm
     assert "warning" in captured.err and "exactly zero" in captured.err and "‖v‖=0" in captured.out
     v = SkillVector.extract(trio[1], sft_dir)
     assert f"‖v‖={v.norm():.4g}" in repr(v) and v.norm() > 0
+
+
+def test_random_control_has_the_norm_of_v_in_every_tensor_and_no_direction_of_its(trio, tmp_path):
+    sft_dir, rl_dir, *_ = trio
+    v = SkillVector.extract(rl_dir, sft_dir)
+    r, again, other = v.random_like(0), v.random_like(0), v.random_like(1)
+    assert r.keys() == v.keys()
+    for k in v.keys():
+        a, b = v.get(k), r.get(k)
+        assert torch.allclose(b.norm(), a.norm(), rtol=1e-5), k
+        assert torch.equal(b, again.get(k)) and not torch.equal(b, other.get(k))  # seeded, per seed
+        if a.numel() > 100:
+            cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+            assert abs(float(cos)) < 0.2, k  # a random direction: nearly orthogonal to v
+    r.save(tmp_path / "r.safetensors")
+    assert SkillVector.load(tmp_path / "r.safetensors").meta["formula"] == "random like (rl - sft), seed 0"

@@ -1,0 +1,154 @@
+"""Ablations and controls on any benchmark's engine (paper Sec. 5.3 and Table 4; the referee's controls; λ).
+
+* Transfer strategies (Table 4): Target SFT, Sequential fine-tuning, Pre-injection, Post-hoc composition (PaST),
+  each the engine's `adapt` with one of `past.STRATEGIES`.
+* Controls: the target model plus −λ·v and plus a random vector with v's norm in every tensor, beside +λ·v.
+  If they help as much as v, the skill vector's direction is not what helps.
+* λ: chosen on a validation split (the target SFT of validation documents plus λ·v, for each λ of a grid), then
+  reported on the test split beside λ = 1; never chosen on test.
+
+Every comparison is scored by the benchmark's own `score` (cached answers) and summarised with intervals over
+documents, paired against Target SFT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .benchmarks.squad import SquadParams, _domain, load_passages
+from .evaluation import summarize, verdict
+from .judges import STRICT_METRICS
+from .past import STRATEGIES, Domain, Engine, Round
+
+TARGET = STRATEGIES["target_sft"].label
+METRICS = ("score", *STRICT_METRICS)
+
+
+@dataclass(frozen=True)
+class SquadAblationParams(SquadParams):
+    """Notebook 05 on SQuAD: 02's parameters (so its stages are reused), plus the validation split and λ grid."""
+
+    n_val: int = 8                              # validation passages: the target file's last, never its first
+    lam_grid: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0])  # λ values tried on validation
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.lam_grid or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                        for x in self.lam_grid):
+            raise ValueError(f"lam_grid={self.lam_grid!r}: a non-empty list of finite numbers")
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        n = len(load_passages(self.target_passages))
+        first = max(self.n_target, self.n_single)
+        if n < first + self.n_val:
+            raise ValueError(f"{self.target_passages}: has {n} passages, too few for {self.n_val} validation "
+                             f"passages (its last) apart from the {first} target passages (its first)")
+
+
+def squad_validation(p: SquadAblationParams) -> Domain:
+    """The last n_val passages of the SQuAD target file, all at once (CPT regime): where λ is chosen."""
+    passages = [{**x, "pid": i} for i, x in enumerate(load_passages(p.target_passages))]
+    return _domain("validation", passages[len(passages) - p.n_val:], "cpt")
+
+
+def transfer_strategies(engine: Engine, unit: Domain, source: Round) -> pd.DataFrame:
+    """Answers of the four Table 4 strategies on `unit`, with the skill vector of `source`."""
+    return pd.concat([engine.answers(engine.adapt(unit, s, source), unit).assign(method=s.label, seed=engine.seed)
+                      for s in STRATEGIES.values()], ignore_index=True)
+
+
+def controls(engine: Engine, unit: Domain, source: Round, seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
+    """Answers of θ_T, θ_T + λ·v (PaST), θ_T − λ·v and θ_T + λ·r (r random, ‖r‖ = ‖v‖ per tensor) on `unit`."""
+    lam, target = engine.p.lam, engine.adapt(unit, "target_sft")
+    models = {TARGET: target, "+ λ·v (PaST)": engine.adapt(unit, "post_hoc", source),
+              "− λ·v": engine.model_of(target.stage, source.vector, -lam)}
+    for s in seeds:
+        models[f"+ λ·random, same norm per tensor (seed {s})"] = engine.model_of(
+            target.stage, engine.derived_vector("random", [source.vector], s), lam)
+    return pd.concat([engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()],
+                     ignore_index=True)
+
+
+def choose_lambda(engine: Engine, validation: Domain, source: Round, grid: list[float]) -> pd.DataFrame:
+    """Mean validation score of target SFT + λ·v for each λ of `grid`; the chosen λ is the best (ties: nearest 1)."""
+    target = engine.adapt(validation, "target_sft").stage
+    rows = []
+    for lam in grid:
+        a = engine.answers(engine.model_of(target, source.vector, lam), validation, "validation")
+        rows.append({"seed": engine.seed, "lam": lam, "validation score %": 100 * a["score"].mean(),
+                     **{f"validation {m} %": 100 * a[m].mean() for m in STRICT_METRICS},
+                     "validation questions": len(a)})
+    table = pd.DataFrame(rows)
+    best = max(rows, key=lambda r: (r["validation score %"], -abs(r["lam"] - 1.0)))["lam"]
+    table["chosen"] = table["lam"] == best
+    return table
+
+
+def lambda_on_test(engine: Engine, unit: Domain, source: Round, chosen: float) -> pd.DataFrame:
+    """Test answers of Target SFT, PaST at λ = 1 (the paper's) and PaST at the λ chosen on validation."""
+    models = {TARGET: engine.adapt(unit, "target_sft"), "PaST, λ = 1": engine.adapt(unit, "post_hoc", source, 1.0),
+              f"PaST, λ = {chosen:g} (chosen on validation)": engine.adapt(unit, "post_hoc", source, chosen)}
+    return pd.concat([engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()],
+                     ignore_index=True)
+
+
+def table(answers: pd.DataFrame) -> pd.DataFrame:
+    """Rows per method: score and strict metrics with intervals over documents, paired against Target SFT."""
+    return summarize(answers, baseline=TARGET, metrics=METRICS)
+
+
+def markdown(t: pd.DataFrame, judge: str, caption: str) -> str:
+    rows = []
+    for r in t.itertuples():
+        diff = "—" if r.method == TARGET else (f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, "
+                                              f"{r.score_vs_baseline_ci_high:+.1f}]")
+        rows.append({"method": r.method, f"{judge} % [95% CI]": f"{r.score:.1f} [{r.score_ci_low:.1f}, "
+                     f"{r.score_ci_high:.1f}]", "vs Target SFT [95% CI]": diff,
+                     "contains gold %": f"{r.contains:.1f}", "exact %": f"{r.exact:.1f}",
+                     "questions / documents": f"{r.n_items} / {r.n_documents}"})
+    return f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n{caption}"
+
+
+def plot(t: pd.DataFrame, title: str, caption: str):
+    """Paired difference to Target SFT per method, with intervals."""
+    import matplotlib.pyplot as plt
+
+    rows = t[t.method != TARGET]
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.45 * len(rows)))
+    y = list(range(len(rows)))[::-1]
+    ax.errorbar(rows.score_vs_baseline, y, xerr=[rows.score_vs_baseline - rows.score_vs_baseline_ci_low,
+                                                 rows.score_vs_baseline_ci_high - rows.score_vs_baseline],
+                fmt="o", color="#b2182b", capsize=3)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(y, rows.method)
+    ax.set_xlabel("paired difference to Target SFT (points, 95% CI over documents)")
+    ax.set_title(title, fontsize=10)
+    fig.suptitle(caption, fontsize=8, y=0.0, va="top")
+    fig.tight_layout()
+    return fig
+
+
+def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame) -> str:
+    """One line per claim, from the numbers."""
+    def diff(t, method):
+        r = t.set_index("method").loc[method]
+        return (f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}]",
+                verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high))
+
+    s = strategies.set_index("method")["score"]
+    order = " > ".join(f"{m} ({s[m]:.1f})" for m in s.sort_values(ascending=False).index)
+    lines = [f"Transfer strategies, ordered by score: {order}. The paper's order is post-hoc > pre-injection > "
+             "sequential."]
+    for m in [m for m in ctrl.method if m != TARGET]:
+        d, v = diff(ctrl, m)
+        lines.append(f"Control: {m} − Target SFT = {d} points: {v}.")
+    chosen = lam.loc[lam.chosen, "lam"].iloc[0]
+    lines.append(f"λ chosen on validation: {chosen:g} (grid {', '.join(f'{x:g}' for x in lam.lam)}).")
+    for m in [m for m in on_test.method if m != TARGET]:
+        d, v = diff(on_test, m)
+        lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
+    return "\n".join(lines)
