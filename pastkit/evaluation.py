@@ -87,3 +87,22 @@ def verdict(diff: float, low: float, high: float) -> str:
     if high < 0:
         return "worse: the interval excludes zero"
     return "this run cannot tell them apart (the interval includes zero)"
+
+
+def draw_method_rows(ax, dax, t: pd.DataFrame, title: str, unit: str, baseline: str) -> None:
+    """One panel pair of a methods table: score bars with intervals (PaST rows in red) on `ax`, and each row's
+    paired difference to `baseline` with its interval on `dax`. `unit` names what the intervals resample."""
+    y = list(range(len(t)))[::-1]
+    colors = ["#b2182b" if m.startswith("PaST") else "#4d4d4d" for m in t.method]
+    ax.barh(y, t.score, xerr=[t.score - t.score_ci_low, t.score_ci_high - t.score], color=colors, alpha=0.85,
+            capsize=3)
+    ax.set_yticks(y, t.method)
+    ax.set_xlabel(f"score % (95% CI over {unit})")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(0, max(5.0, float(t.score_ci_high.max()) * 1.15))
+    dax.errorbar(t.score_vs_baseline, y, xerr=[t.score_vs_baseline - t.score_vs_baseline_ci_low,
+                                                t.score_vs_baseline_ci_high - t.score_vs_baseline],
+                 fmt="o", color="#2166ac", capsize=3)
+    dax.axvline(0, color="grey", lw=0.8)
+    dax.set_yticks(y, [""] * len(y))
+    dax.set_xlabel(f"paired difference to {baseline} (points, 95% CI)")

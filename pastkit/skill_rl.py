@@ -14,6 +14,7 @@ With `save_every`, intermediate policies are kept under checkpoints/step-N for s
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,23 @@ class RLTask:
     columns: dict[str, list] = field(default_factory=dict)
     rollout_func: Callable | None = None
     describe: dict = field(default_factory=dict)  # what defines the task (prompt template, reward), for stage keys
+
+
+def closed_book_task(items: list[dict], prompt: str, judge, seed: int, n: int, **describe) -> RLTask:
+    """Closed-book QA as an RL task: up to `n` of `items` ({"question", "answer"}), shuffled by `seed`, asked with
+    `prompt` ({question}); the reward is the judge's score of the completion against the answer."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    items = items[:n]
+
+    def judge_reward(prompts, completions, gold, question, **_):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [judge.score(q, g, t) for q, g, t in zip(question, gold, texts)]
+
+    judge_reward.__name__ = f"reward_{judge.name}"
+    return RLTask([prompt.format(question=i["question"]) for i in items], [judge_reward],
+                  {"gold": [i["answer"] for i in items], "question": [i["question"] for i in items]},
+                  describe={"prompt": prompt, "reward": judge.describe(), **describe})
 
 
 def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log=print) -> dict:

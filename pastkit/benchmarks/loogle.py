@@ -36,12 +36,12 @@ from typing import ClassVar
 import pandas as pd
 
 from ..config import PastParams
-from ..evaluation import summarize, verdict
+from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
 from ..judges import STRICT_METRICS, JudgePrompt
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
-from ..skill_rl import RLTask
+from ..skill_rl import RLTask, closed_book_task
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "loogle"
 SHIPPED = "shortdep_qa"  # the 5-document sample
@@ -458,20 +458,9 @@ class Loogle:
                          SFTSpec(p.phase2_epochs, p.phase2_lr, p.sft_batch, 1, p.sft_max_len))]
 
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
-        """The domain's proposed questions, closed-book; reward = the judge's score against the proposed answer."""
-        items = list(self.synthetic(engine, domain)["qa"])
-        random.Random(engine.seed).shuffle(items)
-        items = items[:engine.p.rl_prompts]
-        judge = engine.judge
-
-        def judge_reward(prompts, completions, gold, question, **_):
-            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-            return [judge.score(q, g, t) for q, g, t in zip(question, gold, texts)]
-
-        judge_reward.__name__ = f"reward_{judge.name}"
-        return RLTask([QA_PROMPT.format(question=i["question"]) for i in items], [judge_reward],
-                      {"gold": [i["answer"] for i in items], "question": [i["question"] for i in items]},
-                      describe={"prompt": QA_PROMPT, "reward": judge.describe(), "data": "proposed QA pairs"})
+        """The domain's synthetic questions (proposed or cloze), closed-book; reward = the judge vs their answers."""
+        return closed_book_task(self.synthetic(engine, domain)["qa"], QA_PROMPT, engine.judge, engine.seed,
+                                engine.p.rl_prompts, data=f"{engine.p.qa_source} QA pairs")
 
     # -- scoring (E.5) ---------------------------------------------------------------------------------
     def scoring(self, engine: Engine) -> dict:
@@ -570,20 +559,8 @@ def plot_table2(table: pd.DataFrame, caption: str):
     import matplotlib.pyplot as plt
 
     fig, (ax, dax) = plt.subplots(1, 2, figsize=(11, 3.2))
-    y = list(range(len(table)))[::-1]
-    colors = ["#b2182b" if m.startswith("PaST") else "#4d4d4d" for m in table.method]
-    ax.barh(y, table.score, xerr=[table.score - table.score_ci_low, table.score_ci_high - table.score],
-            color=colors, alpha=0.85, capsize=3)
-    ax.set_yticks(y, table.method)
-    ax.set_xlabel("score % (95% CI over documents)")
-    ax.set_title(f"LooGLE short-dependency QA, closed-book ({int(table.n_items.iloc[0])} questions)", fontsize=10)
-    ax.set_xlim(0, max(5.0, float(table.score_ci_high.max()) * 1.15))
-    dax.errorbar(table.score_vs_baseline, y, xerr=[table.score_vs_baseline - table.score_vs_baseline_ci_low,
-                                                    table.score_vs_baseline_ci_high - table.score_vs_baseline],
-                 fmt="o", color="#2166ac", capsize=3)
-    dax.axvline(0, color="grey", lw=0.8)
-    dax.set_yticks(y, [""] * len(y))
-    dax.set_xlabel("paired difference to Target SFT (points, 95% CI)")
+    draw_method_rows(ax, dax, table, f"LooGLE short-dependency QA, closed-book ({int(table.n_items.iloc[0])} "
+                     "questions)", "documents", TARGET)
     fig.suptitle(caption, fontsize=8, y=0.0, va="top")
     fig.tight_layout()
     return fig

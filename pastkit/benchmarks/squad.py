@@ -14,7 +14,6 @@ Table 1 and the orthogonality pairs of notebooks 01/02 are assembled here from e
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import PastParams
-from ..evaluation import summarize, verdict
+from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
 from ..judges import STRICT_METRICS
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
-from ..skill_rl import RLTask
+from ..skill_rl import RLTask, closed_book_task
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "squad"
 SOURCE_ROUNDS = ["train_round1_50", "train_round2_50"]  # Appendix D.1: K=2 disjoint rounds of N=50 passages
@@ -219,19 +218,8 @@ class Squad:
 
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
         """Closed-book questions of the domain (D.4.2 prompt); reward = the judge's score of the answer."""
-        items = questions_of(domain.data["passages"])
-        random.Random(engine.seed).shuffle(items)
-        items = items[:engine.p.rl_prompts]
-        judge = engine.judge
-
-        def judge_reward(prompts, completions, gold, question, **_):
-            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-            return [judge.score(q, g, t) for q, g, t in zip(question, gold, texts)]
-
-        judge_reward.__name__ = f"reward_{judge.name}"
-        return RLTask([QA_PROMPT.format(question=i["question"]) for i in items], [judge_reward],
-                      {"gold": [i["answer"] for i in items], "question": [i["question"] for i in items]},
-                      describe={"prompt": QA_PROMPT, "reward": judge.describe()})
+        return closed_book_task(questions_of(domain.data["passages"]), QA_PROMPT, engine.judge, engine.seed,
+                                engine.p.rl_prompts)
 
     def scoring(self, engine: Engine) -> dict:
         return {"prompt": QA_PROMPT, "decoding": "greedy", "max_new_tokens": engine.p.eval_max_new_tokens}
@@ -304,20 +292,8 @@ def plot_table1(table: pd.DataFrame, caption: str):
     fig, axes = plt.subplots(len(regimes), 2, figsize=(11, 0.8 + 2.2 * len(regimes)), squeeze=False)
     for (ax, dax), regime in zip(axes, regimes):
         t = table[table.regime == regime]
-        y = list(range(len(t)))[::-1]
-        colors = ["#b2182b" if m.startswith("PaST") else "#4d4d4d" for m in t.method]
-        ax.barh(y, t.score, xerr=[t.score - t.score_ci_low, t.score_ci_high - t.score], color=colors, alpha=0.85,
-                capsize=3)
-        ax.set_yticks(y, t.method)
-        ax.set_xlabel("score % (95% CI over passages)")
-        ax.set_title(f"SQuAD closed-book, {regime} regime ({int(t.n_items.iloc[0])} questions)", fontsize=10)
-        ax.set_xlim(0, max(5.0, float(t.score_ci_high.max()) * 1.15))
-        dax.errorbar(t.score_vs_baseline, y, xerr=[t.score_vs_baseline - t.score_vs_baseline_ci_low,
-                                                    t.score_vs_baseline_ci_high - t.score_vs_baseline],
-                     fmt="o", color="#2166ac", capsize=3)
-        dax.axvline(0, color="grey", lw=0.8)
-        dax.set_yticks(y, [""] * len(y))
-        dax.set_xlabel("paired difference to + Synthetic (points, 95% CI)")
+        draw_method_rows(ax, dax, t, f"SQuAD closed-book, {regime} regime ({int(t.n_items.iloc[0])} questions)",
+                         "passages", SYNTH)
     fig.suptitle(caption, fontsize=8, y=0.0, va="top")
     fig.tight_layout()
     return fig
