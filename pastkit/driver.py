@@ -14,12 +14,13 @@ from pathlib import Path
 from .ablations import SquadAblationParams
 from .benchmarks.loogle import LoogleParams
 from .benchmarks.squad import SquadParams
+from .benchmarks.toolbench import ToolbenchParams
 from .config import load_profile
 from .report import FIGURES, ROOT, results_folder
 
 # The notebooks in order, each with the parameters class its `parameters` cell declares.
 NOTEBOOKS = {"01_orthogonality": SquadParams, "02_squad": SquadParams, "03_loogle": LoogleParams,
-             "05_ablations": SquadAblationParams}
+             "04_toolbench": ToolbenchParams, "05_ablations": SquadAblationParams}
 REFERENCE_PROFILE = "cpu"
 
 

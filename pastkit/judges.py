@@ -156,7 +156,7 @@ class LLMJudge:
         key = hashlib.sha256(f"{self.model}\n{prompt}".encode()).hexdigest()
         if key in self.cache:
             return self.cache[key]
-        reply = self._ask(prompt)
+        reply = self.ask(prompt)
         word = (re.findall(r"[a-z]+", reply.lower()) or [""])[0]
         yes, no = self.prompt.yes.lower(), self.prompt.no.lower()
         if word not in (yes, no):
@@ -173,8 +173,9 @@ class LLMJudge:
         self.cache[key] = score
         return score
 
-    def _ask(self, prompt: str) -> str:
-        """One verdict's reply text: retries with backoff, all within the total deadline."""
+    def ask(self, prompt: str, max_tokens: int = 4, system: str = "") -> str:
+        """One reply's text (a verdict, or free text for other uses of the endpoint, `tool_use`): retries with
+        backoff, all within the total deadline. Not cached here; `score` caches verdicts."""
         import openai
 
         deadline = time.monotonic() + self.timeout
@@ -185,7 +186,7 @@ class LLMJudge:
                 break
             tries += 1
             try:
-                return self._request(prompt, remaining)
+                return self._request(prompt, remaining, max_tokens, system)
             except openai.APIStatusError as e:
                 code = e.status_code
                 if 300 <= code < 400:
@@ -202,7 +203,7 @@ class LLMJudge:
         raise JudgeError(f"judge endpoint {self.url} unreachable after {tries} tries within the "
                          f"{self.timeout:g} s deadline ({last}); judgements so far are cached in {self.cache_path}")
 
-    def _request(self, prompt: str, seconds: float) -> str:
+    def _request(self, prompt: str, seconds: float, max_tokens: int, system: str) -> str:
         """One HTTP request, abandoned after `seconds` even if the server keeps trickling bytes."""
         import httpx2
         import openai
@@ -215,8 +216,9 @@ class LLMJudge:
                     client = openai.OpenAI(base_url=self.url, api_key=self._key() or "none", max_retries=0,
                                            http_client=http, timeout=seconds)
                     result["reply"] = client.chat.completions.create(
-                        model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0,
-                        max_tokens=4)
+                        model=self.model, temperature=0, max_tokens=max_tokens,
+                        messages=[*([{"role": "system", "content": system}] if system else []),
+                                  {"role": "user", "content": prompt}])
             except BaseException as e:  # handed to the caller's thread
                 result["error"] = e
 

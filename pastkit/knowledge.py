@@ -88,6 +88,13 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
     trainer = _plain_loss_trainer()(model=model, args=args, train_dataset=data, processing_class=tok,
                                     peft_config=peft_config, callbacks=[progress_callback("sft", ("loss",), log)])
     quiet_trainer(trainer)
+    kept = len(trainer.train_dataset)  # trl drops records whose completion truncation cut away entirely
+    if kept == 0:
+        raise ValueError(f"SFT: all {len(records)} records are longer than max_len={spec.max_len} tokens before "
+                         "their completion starts, so none has a token to learn; raise the max length")
+    if kept < len(records):
+        log(f"  sft: {len(records) - kept} of {len(records)} records had no completion left within "
+            f"max_len={spec.max_len} and were dropped")
     trainer.train()
     trainer.model.save_pretrained(out)
     if peft_config is None:
@@ -98,7 +105,7 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
         cfg["base_model_name_or_path"] = str(Path(start_dir).resolve())
         cfg_path.write_text(json.dumps(cfg, indent=2))
     losses = curve(trainer.state.log_history, "loss")
-    summary = {"records": len(records), "format": sorted(keys), "spec": asdict(spec), "steps": trainer.state.max_steps,
+    summary = {"records": len(records), "records_trained": kept, "format": sorted(keys), "spec": asdict(spec), "steps": trainer.state.max_steps,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "loss_fell": falling(losses)}
     (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))

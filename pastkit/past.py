@@ -126,7 +126,9 @@ class Engine:
         size = sum(f.stat().st_size for f in self.base.glob("*.safetensors"))
         self.base_key = {"model": params.model, "config": digest((self.base / "config.json").read_text()),
                          "bytes": size}
-        self.judge = make_judge(params.judge, *([benchmark.judge_prompt] if hasattr(benchmark, "judge_prompt") else []))
+        # the benchmark's own judge if it has one (ToolBench: the solution judge), else the QA judge with its prompt
+        self.judge = benchmark.judge(params) if hasattr(benchmark, "judge") else \
+            make_judge(params.judge, *([benchmark.judge_prompt] if hasattr(benchmark, "judge_prompt") else []))
         self.flags: list[str] = []  # degenerate results met on the way, said out loud by the notebooks
         self._norms: dict[str, float] = {}  # skill-vector stage key -> ‖v‖
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from .loogle import Loogle
 from .squad import Squad
+from .toolbench import Toolbench
 
-BENCHMARKS = {"squad": Squad(), "loogle": Loogle()}
+BENCHMARKS = {"squad": Squad(), "loogle": Loogle(), "toolbench": Toolbench()}
 
 
 def get_benchmark(name: str):

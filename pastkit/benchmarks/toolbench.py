@@ -1,0 +1,581 @@
+"""ToolBench closed-book tool use (paper Sec. 5.2, Appendix F) on the PaST engine: Fig. 3.
+
+A skill vector learned by RL on one tool category (Movies) is added to models fine-tuned on other
+categories' tools. Data: StableToolBench's solvable test queries with the API schemas they carry
+(pastkit/data/toolbench, see its README); a query belongs to the category of its first API, as in the
+authors' StableToolBench fork. A user with StableToolBench's `solvable_queries/test_instruction` folder
+can point `queries` at it.
+
+What this file gives the engine (`pastkit.past`):
+- SFT (F.2), two phases per domain, on the APIs its queries list: Stage 1 knowledge of the tools, training
+  pairs of types A-D (name → usage, intent → usage, intent → JSON, name → JSON) from descriptions the base
+  model writes with the three teacher prompts; Stage 2 format alignment to ReAct. ToolBench's training
+  trajectories are not available here, so Stage 2 is built from the schemas alone: a request made from an
+  API's own description, a first step calling it with valid arguments, its observation and a Finish. Never
+  from a test query.
+- RL (F.3) on the source category's queries: multi-turn GRPO through trl's `rollout_func` (observations
+  masked out of the loss), the Table 16 agent prompt, the simulator, and the F.3.1 rewards as three reward
+  functions that trl sums (format, termination, solution). The paper used PPO (Table 19); trl has no
+  multi-turn PPO, so GRPO stands in, with the PPO settings kept in the paper profile as the reference.
+- Scoring: closed-book episodes on a category's queries, `eval_runs` runs each; the score of a run is the
+  solution reward (Solved 1, Partially Solved 0.5, Unsolved 0), the "success rate" of Fig. 3.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import PastParams
+from ..evaluation import bootstrap_interval, paired_difference, verdict
+from ..generation import generate, load_model
+from ..knowledge import SFTSpec
+from ..past import Domain, Engine, SFTPhase, Study, digest
+from ..skill_rl import RLTask
+from ..tool_use import (FINISH, MAX_TURNS, RulesSimulator, Task, agent_prompt, function_name, make_simulator,
+                        leaves, make_solution_judge, run_episodes, schema_json, task_messages)
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "toolbench" / "toolbench.json"
+# Table 14: the 21 categories (ToolBench folder names); Movies is the source, the other 20 the targets.
+CATEGORIES = ["Movies", "Advertising", "Artificial_Intelligence_Machine_Learning", "Business_Software",
+              "Communication", "Database", "Education", "Email", "Financial", "Food", "Health_and_Fitness",
+              "Location", "Mapping", "Media", "SMS", "Science", "Search", "Text_Analysis", "Video_Images", "Weather",
+              "eCommerce"]
+# Fig. 3 / Sec. 5.2 as reported (Qwen2.5-7B, PPO, GPT-4.1 judge): average success rate over the 20 targets, %.
+PAPER_FIG3 = {"Target SFT": 21.9, "PaST": 32.2}
+
+# F.2.1, verbatim: the three teacher prompts that turn an API's JSON into natural language.
+TEACHER_PROMPTS = [
+    "Transform the following API JSON into a coherent, natural language paragraph describing how to use it. "
+    "CRITICAL: You MUST explicitly mention the API name (\u201c{name}\u201d) and its purpose at the beginning.",
+    "You are a technical documentation expert. Convert the provided API JSON definition into a comprehensive "
+    "technical reference. Rules: 1. Identity: Explicitly state the API Name. 2. Purpose: Explain functionality. "
+    "3. Inputs: Detail parameters.",
+    "Convert the provided API definition into a structured natural language summary. Format: 1. Tool Identifier: "
+    "The exact API name string. 2. Intent: User goal. 3. Action: Parameters.",
+]
+# F.2.1 training pair types; the paper gives A and B's wording ("like"), C and D are described. Kit wording.
+PAIR_PROMPTS = {"A": "How do I use the {name} API?",
+                "B": "Identify the API defined by: {intent} and explain its parameters.",
+                "C": "Give the JSON definition of the API defined by: {intent}",
+                "D": "Give the JSON definition of the {name} API."}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------
+
+def derive(folder: str | Path) -> dict:
+    """The kit's data from StableToolBench's `solvable_queries/test_instruction` JSON files (G1_instruction.json
+    ...): every API a query lists, by function name, and every query whose first API is in a Table 14 category.
+    A file that is not a list of queries is an error naming the file. A few tools appear under two categories
+    with different `template_response`s; the first definition is kept and the names are listed
+    (`defined_differently`)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("G*.json")) or sorted((folder / "test_instruction").glob("G*.json"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no G*.json query files (StableToolBench solvable_queries/"
+                                "test_instruction)")
+    tools, queries, conflicts = {}, [], set()
+    for f in files:
+        try:
+            rows = json.loads(f.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{f}: not a JSON file of queries ({e})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{f}: expected a JSON array of queries")
+        for i, q in enumerate(rows):
+            if not isinstance(q, dict) or not {"query", "query_id", "api_list", "relevant APIs"} <= set(q) \
+                    or not q["api_list"]:
+                raise ValueError(f"{f}: query {i} needs 'query', 'query_id', 'relevant APIs' and a non-empty "
+                                 "'api_list'")
+            names = []
+            for a in q["api_list"]:
+                if not {"category_name", "tool_name", "api_name", "required_parameters", "optional_parameters"} <= \
+                        set(a):
+                    raise ValueError(f"{f}: query {q['query_id']} has an api_list entry without its schema fields")
+                name = function_name(a["tool_name"], a["api_name"])
+                api = {k: a.get(k) for k in ("category_name", "tool_name", "api_name", "api_description",
+                                             "required_parameters", "optional_parameters", "method",
+                                             "template_response")}
+                api["api_description"] = api["api_description"] or ""
+                if name in tools and tools[name] != api:  # one tool listed under two categories: first kept
+                    conflicts.add(name)
+                tools.setdefault(name, api)
+                names.append(name)
+            category = q["api_list"][0]["category_name"]
+            if category in CATEGORIES:
+                queries.append({"query_id": q["query_id"], "group": f.stem, "category": category,
+                                "query": q["query"], "apis": names,
+                                "relevant": [function_name(t, a) for t, a in q["relevant APIs"]]})
+    used = {n for q in queries for n in q["apis"]}
+    return {"tools": {n: a for n, a in sorted(tools.items()) if n in used}, "queries": queries,
+            "defined_differently": sorted(conflicts & used)}
+
+
+def load_toolbench(source: str) -> dict:
+    """The shipped data ("shipped") or StableToolBench's test_instruction folder (a path), checked."""
+    if source == "shipped":
+        try:
+            data = json.loads(DATA.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{DATA}: unreadable ({e})") from None
+    else:
+        data = derive(source)
+    missing = {n for q in data["queries"] for n in q["apis"] + q["relevant"] if n not in data["tools"]}
+    if missing - {FINISH}:
+        raise ValueError(f"{source}: queries name APIs without a schema: {sorted(missing)[:5]}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ToolbenchParams(PastParams):
+    """ToolBench settings. Defaults are the cpu profile: a handful of target categories and queries, chosen by
+    size (fewest APIs to learn) and never by results; the paper profile sets every category and Table 15/19."""
+
+    non_negative = {"max_queries", "alignment_apis"}
+
+    rounds: int = 1                             # one source category (paper Sec. 5.2: Movies, one round)
+    judge: str = "token_f1"                     # solution judge: "token_f1" = grounded rules; "llm" = Table 18
+    rl_prompts: int = 4                         # Movies queries used for RL (paper: RL for 180 PPO steps)
+    rl_max_new_tokens: int = 48                 # tokens per agent turn (paper Table 19: 1024 per response)
+    rl_lr: float = 1e-5                         # GRPO LR (paper Table 19: PPO actor 1e-6)
+    queries: str = "shipped"                    # "shipped" (StableToolBench solvable test set) or its folder
+    source_category: str = "Movies"             # RL category (paper F.1)
+    target_categories: list = field(default_factory=lambda: ["Text_Analysis", "Advertising"])  # cpu: fewest APIs (README)
+    max_queries: int = 3                        # test queries per target category (0: all; paper: all)
+    descriptions_per_api: int = 1               # teacher descriptions per API, one per prompt (paper F.2.1: 3)
+    teacher_tokens: int = 64                    # max new tokens per teacher description
+    stage1_epochs: int = 3                      # knowledge internalization (paper Table 15: 3)
+    stage1_lr: float = 2e-4                     # (paper Table 15: 5e-5; SQuAD's cpu setting)
+    stage2_epochs: int = 1                      # format alignment (paper Table 15: 3)
+    stage2_lr: float = 5e-5                     # (paper Table 15: 2e-5)
+    alignment_apis: int = 4                     # APIs per domain given Stage 2 ReAct examples (0: all)
+    tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
+    tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
+    max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; each re-reads ~1k tokens)
+    simulator: str = "rules"                    # "rules" (deterministic) or "llm" (Table 17 on the judge endpoint)
+    eval_runs: int = 3                          # runs per query, averaged (paper Sec. 5.2: 3)
+    eval_temperature: float = 0.7               # sampling at evaluation (paper: not stated; Table 9's 0.7)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rounds != 1:
+            raise ValueError(f"rounds={self.rounds}: the ToolBench study has one source category (paper Sec. 5.2)")
+        if self.simulator not in ("rules", "llm"):
+            raise ValueError(f"simulator={self.simulator!r}: 'rules' or 'llm'")
+        bad = [c for c in [self.source_category, *self.target_categories] if c not in CATEGORIES]
+        if bad or not self.target_categories or self.source_category in self.target_categories:
+            raise ValueError(f"categories {bad or self.target_categories}: the source and distinct targets must be "
+                             f"among Table 14's {CATEGORIES}")
+        if not 1 <= self.descriptions_per_api <= len(TEACHER_PROMPTS):
+            raise ValueError(f"descriptions_per_api={self.descriptions_per_api}: 1 to {len(TEACHER_PROMPTS)}")
+
+    def check_inputs(self) -> None:
+        data = load_toolbench(self.queries)
+        for c in [self.source_category, *self.target_categories]:
+            if not any(q["category"] == c for q in data["queries"]):
+                raise ValueError(f"{self.queries}: no query in category {c!r}")
+
+    def caption(self) -> str:
+        judge = "llm (Table 18)" if self.judge == "llm" else "grounded (rules)"
+        return (f"{self.model} · λ = {self.lam:g} · source {self.source_category} · seeds "
+                f"{', '.join(map(str, self.seeds))} · simulator {self.simulator} · solution judge {judge} · "
+                f"profile {self.profile}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------------
+
+def _intent(api: dict) -> str:
+    return api["api_description"].strip() or f"{api['api_name']} ({api['tool_name']})"
+
+
+def _example_value(param: dict):
+    """A valid value for a parameter: its ToolBench default, cast to its type, or a placeholder of the type."""
+    kind, default = str(param.get("type", "")).upper(), param.get("default")
+    if kind == "NUMBER":
+        try:
+            x = float(default)
+            return int(x) if x.is_integer() else x
+        except (TypeError, ValueError):
+            return 1
+    if kind == "BOOLEAN":
+        return str(default).lower() != "false"
+    if kind == "ARRAY":
+        return default if isinstance(default, list) else []
+    if kind == "OBJECT":
+        return default if isinstance(default, dict) else {}
+    if kind.startswith("DATE"):
+        return default if isinstance(default, str) and len(default) == 10 else "2023-01-01"
+    return str(default) if default not in (None, "") else "example"
+
+
+class Toolbench:
+    """ToolBench for the PaST engine (see the module docstring)."""
+
+    name = "toolbench"
+    params = ToolbenchParams
+    code = ("pastkit.benchmarks.toolbench", "pastkit.tool_use")
+
+    def __init__(self):
+        self._data: dict[str, dict] = {}
+
+    def data(self, p: ToolbenchParams) -> dict:
+        if p.queries not in self._data:
+            self._data[p.queries] = load_toolbench(p.queries)
+        return self._data[p.queries]
+
+    def judge(self, p: ToolbenchParams):
+        """The solution judge (F.3.1): the LLM one (Table 18) when the params say judge = "llm", else by rule."""
+        return make_solution_judge("llm" if p.judge == "llm" else "grounded")
+
+    def _domain(self, p: ToolbenchParams, category: str, queries: list[dict]) -> Domain:
+        apis = sorted({n for q in queries for n in q["apis"]})
+        return Domain(category, {"category": category, "queries": queries, "apis": apis},
+                      digest([category, queries, [self.data(p)["tools"][n] for n in apis]]))
+
+    def category_queries(self, p: ToolbenchParams, category: str) -> list[dict]:
+        return [q for q in self.data(p)["queries"] if q["category"] == category]
+
+    def source_rounds(self, p: ToolbenchParams) -> list[Domain]:
+        """The source category's queries used for RL (`rl_prompts`, shuffled by a fixed seed): its SFT covers
+        the APIs they list."""
+        qs = self.category_queries(p, p.source_category)
+        random.Random(0).shuffle(qs)
+        return [self._domain(p, p.source_category, qs[:p.rl_prompts])]
+
+    def target_units(self, p: ToolbenchParams) -> list[Domain]:
+        """One unit per target category: its first `max_queries` queries (file order) and the APIs they list."""
+        return [self._domain(p, c, self.category_queries(p, c)[:p.max_queries or None]) for c in p.target_categories]
+
+    # -- SFT (F.2) --------------------------------------------------------------------------------------
+    def descriptions(self, engine: Engine, names: list[str]) -> dict[str, list[str]]:
+        """Teacher descriptions of each API (F.2.1), written by the base model: API i gets prompts i, i+1, ...
+        (mod 3), `descriptions_per_api` of them. Cached as a stage; empty generations are dropped and counted."""
+        p, tools = engine.p, self.data(engine.p)["tools"]
+        jobs = [(n, (i + j) % len(TEACHER_PROMPTS)) for i, n in enumerate(names) for j in range(p.descriptions_per_api)]
+
+        def build(tmp: Path):
+            prompts = [TEACHER_PROMPTS[k].format(name=n) + "\n" + schema_json(n, tools[n]) for n, k in jobs]
+            gens = generate(engine.base, prompts, max_new_tokens=p.teacher_tokens, temperature=0.7, top_p=0.9,
+                            seed=engine.seed, use_vllm=p.use_vllm, desc="teacher")
+            (tmp / "descriptions.json").write_text(json.dumps(
+                [{"api": n, "prompt": k, "text": g[0].strip()} for (n, k), g in zip(jobs, gens)], indent=1))
+
+        stage = engine.stage("tool-descriptions", {"base": engine.base_key, "jobs": jobs, "tokens": p.teacher_tokens,
+                                                   "schemas": digest([tools[n] for n in names])},
+                             build, expect=("descriptions.json",), code=("pastkit.generation", *self.code))
+        out: dict[str, list[str]] = {n: [] for n in names}
+        for r in json.loads((stage.path / "descriptions.json").read_text()):
+            if r["text"]:
+                out[r["api"]].append(r["text"])
+        return out
+
+    def sft_phases(self, engine: Engine, domain: Domain, variant: str) -> list[SFTPhase]:
+        """Stage 1 (types A-D) and Stage 2 (ReAct alignment from the schemas) on the domain's APIs."""
+        p, tools, names = engine.p, self.data(engine.p)["tools"], domain.data["apis"]
+        descs = self.descriptions(engine, names)
+        stage1 = []
+        for n in names:
+            api, schema = tools[n], schema_json(n, tools[n])
+            for d in descs[n]:
+                stage1.append(_pair(PAIR_PROMPTS["A"].format(name=n), d))
+                stage1.append(_pair(PAIR_PROMPTS["B"].format(intent=_intent(api)), f"The API is {n}. {d}"))
+            stage1.append(_pair(PAIR_PROMPTS["C"].format(intent=_intent(api)), schema))
+            stage1.append(_pair(PAIR_PROMPTS["D"].format(name=n), schema))
+        stage2 = alignment_records(tools, names, p.alignment_apis, engine.seed)
+        return [SFTPhase("stage1/knowledge", stage1, SFTSpec(p.stage1_epochs, p.stage1_lr, p.tool_sft_batch, 1,
+                                                              p.tool_sft_max_len)),
+                SFTPhase("stage2/react", stage2, SFTSpec(p.stage2_epochs, p.stage2_lr, p.tool_sft_batch, 1,
+                                                          p.tool_sft_max_len))]
+
+    # -- RL (F.3) ---------------------------------------------------------------------------------------
+    def tasks(self, p: ToolbenchParams, queries: list[dict]) -> list[Task]:
+        return [Task(q["query"], tuple(q["apis"]), tuple(q["relevant"])) for q in queries]
+
+    def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
+        """Multi-turn GRPO on the source queries: each rollout is a full episode (`tool_use.run_episodes`);
+        rewards are F.3.1's three parts, each a reward function so trl logs them apart and sums them."""
+        p = engine.p
+        tasks = self.tasks(p, domain.data["queries"])
+        by_query = {t.query: t for t in tasks}
+        simulator = make_simulator(p.simulator, self.data(p)["tools"])
+        judge = engine.judge
+
+        def rollout(prompts, trainer):
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            training = model.training
+            model.eval()
+            episodes = run_episodes(model, trainer.processing_class, [by_query[m[-1]["content"]] for m in prompts],
+                                    simulator, judge, p.max_turns, p.rl_max_new_tokens, p.rl_temperature,
+                                    p.rl_top_p, p.rl_top_k)
+            model.train(training)
+            return {"prompt_ids": [e.prompt_ids for e in episodes],
+                    "completion_ids": [e.completion_ids for e in episodes],
+                    "logprobs": [e.logprobs for e in episodes], "env_mask": [e.env_mask for e in episodes],
+                    "format_part": [e.format_reward() for e in episodes],
+                    "termination_part": [e.termination_reward() for e in episodes],
+                    "solution_part": [e.solution_reward() for e in episodes]}
+
+        def format_reward(prompts, completions, format_part, **_):
+            return list(format_part)
+
+        def termination_reward(prompts, completions, termination_part, **_):
+            return list(termination_part)
+
+        def solution_reward(prompts, completions, solution_part, **_):
+            return list(solution_part)
+
+        return RLTask([task_messages(t) for t in tasks], [format_reward, termination_reward, solution_reward],
+                      rollout_func=rollout,
+                      describe={"prompt": "paper Table 16", "rewards": "F.3.1", "max_turns": p.max_turns,
+                                "simulator": simulator.describe(), "judge": judge.describe()})
+
+    # -- scoring ----------------------------------------------------------------------------------------
+    def scoring(self, engine: Engine) -> dict:
+        p = engine.p
+        return {"prompt": "paper Table 16", "runs": p.eval_runs, "temperature": p.eval_temperature,
+                "turn_tokens": p.rl_max_new_tokens, "max_turns": p.max_turns, "simulator": p.simulator}
+
+    def score(self, engine: Engine, model, unit: Domain, split: str) -> pd.DataFrame:
+        """`eval_runs` closed-book episodes per query; a run's score is its solution reward (Fig. 3's success)."""
+        p, queries = engine.p, unit.data["queries"]
+        simulator = make_simulator(p.simulator, self.data(p)["tools"])
+        model_, tok = model.load()
+        import torch
+        torch.manual_seed(engine.seed)
+        tasks = [t for t in self.tasks(p, queries) for _ in range(p.eval_runs)]
+        episodes = run_episodes(model_, tok, tasks, simulator, engine.judge, p.max_turns, p.rl_max_new_tokens,
+                                p.eval_temperature, p.rl_top_p, p.rl_top_k)
+        rows = []
+        for i, e in enumerate(episodes):
+            q = queries[i // p.eval_runs]
+            kinds = [t.outcome.kind for t in e.turns]
+            rows.append({"item": f"{q['query_id']}:{i % p.eval_runs}", "document": q["query_id"],
+                         "category": unit.data["category"], "run": i % p.eval_runs, "query": q["query"],
+                         "status": e.status, "score": e.solution_reward(), "reward": round(e.reward(), 3),
+                         "finished": e.finished, "turns": len(e.turns), "calls_ok": kinds.count("success"),
+                         "calls_failed": kinds.count("failed"), "bad_format": kinds.count("bad_format"),
+                         "unknown_api": kinds.count("unknown_api"), "trajectory": e.trajectory()})
+        return pd.DataFrame(rows)
+
+
+def _pair(prompt: str, completion: str) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
+
+
+def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int) -> list[dict]:
+    """Stage 2 (F.2): ReAct format alignment built from the schemas, never from test queries. For `n_apis` of
+    the domain's APIs (0: all; drawn by `seed`): the request is the API's own description; the agent prompt
+    lists it among up to 4 other APIs of the domain; one record teaches the first step (Thought / Action /
+    valid Action Input), one the Finish after the deterministic simulator's observation of that call."""
+    sim, rng, records = RulesSimulator(tools), random.Random(seed), []
+    chosen = sorted(rng.sample(names, min(n_apis, len(names)))) if n_apis else names
+    for n in chosen:
+        api = tools[n]
+        others = rng.sample([m for m in names if m != n], min(4, len(names) - 1))
+        listed = sorted([n, *others])
+        args = {q["name"]: _example_value(q) for q in api["required_parameters"]}
+        call = (f"Thought: The {n} function serves this request; I call it with its required parameters.\n"
+                f"Action: {n}\nAction Input: {json.dumps(args, ensure_ascii=False)}")
+        obs = sim.call(n, args)
+        answer = json.dumps({"final_answer": ", ".join(leaves(obs.response)[:4]) or obs.observation[:200]},
+                            ensure_ascii=False)
+        finish = f"Thought: The observation answers the request.\nAction: {FINISH}\nAction Input: {answer}"
+        prompt = [{"role": "system", "content": agent_prompt(listed)},
+                  {"role": "user", "content": f"Please help me with this: {_intent(api)}"}]
+        records.append({"prompt": prompt, "completion": [{"role": "assistant", "content": call}]})
+        records.append({"prompt": [*prompt, {"role": "assistant", "content": call},
+                                   {"role": "user", "content": f"Observation: {obs.observation}"}],
+                        "completion": [{"role": "assistant", "content": finish}]})
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fig. 3, the knowledge check, the trajectory viewer, the conclusion
+# ---------------------------------------------------------------------------------------------------
+
+TARGET, PAST = "Target SFT", "PaST"
+
+
+def run_fig3(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Target SFT and PaST (Target SFT + λ·v from the source category) on every target category, every seed.
+    Returns (per-category table with the average row, every run of every query)."""
+    p, bench = study.params, study.benchmark
+    frames = []
+    for engine in study.engines:
+        source = study.rounds[engine.seed][-1]
+        for unit in bench.target_units(p):
+            for method, model in {TARGET: engine.adapt(unit, "target_sft"),
+                                  PAST: engine.adapt(unit, "post_hoc", source)}.items():
+                frames.append(engine.answers(model, unit).assign(method=method, seed=engine.seed))
+    answers = pd.concat(frames, ignore_index=True)
+    return fig3_table(answers), answers
+
+
+def fig3_table(answers: pd.DataFrame) -> pd.DataFrame:
+    """Per category: each method's success rate (%) with a bootstrap interval over queries (runs and seeds
+    averaged per query first), and PaST − Target SFT paired by query; then the average over categories."""
+    rows = []
+    per_query = answers.groupby(["category", "method", "document"], sort=False)["score"].mean().reset_index()
+    for cat, g in per_query.groupby("category", sort=False):
+        t = g[g.method == TARGET].set_index("document")["score"]
+        s = g[g.method == PAST].set_index("document")["score"].reindex(t.index)
+        row = {"category": cat, "queries": len(t)}
+        for name, x in ((TARGET, t), (PAST, s)):
+            m, lo, hi = bootstrap_interval(x)
+            row.update({f"{name} %": 100 * m, f"{name} low": 100 * lo, f"{name} high": 100 * hi})
+        d, lo, hi = paired_difference(s, t)
+        row.update({"PaST − Target SFT": 100 * d, "diff low": 100 * lo, "diff high": 100 * hi})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    cats = per_query.pivot_table(index=["category", "document"], columns="method", values="score").reset_index()
+    avg = {"category": "Average (over categories)", "queries": int(table["queries"].sum())}
+    for name in (TARGET, PAST):  # mean of category means, interval resampling queries within each category
+        avg.update(_category_mean(cats, name))
+    diff = cats.assign(diff=cats[PAST] - cats[TARGET])
+    d = _category_mean(diff, "diff")
+    avg.update({"PaST − Target SFT": d["diff %"], "diff low": d["diff low"], "diff high": d["diff high"]})
+    table = pd.concat([table, pd.DataFrame([avg])], ignore_index=True)
+    table["paper Target SFT % (reported, avg)"] = PAPER_FIG3[TARGET]
+    table["paper PaST % (reported, avg)"] = PAPER_FIG3[PAST]
+    return table.round(1)
+
+
+def _category_mean(df: pd.DataFrame, column: str, n_boot: int = 10_000) -> dict:
+    """The mean over categories of each category's mean `column`, with a stratified bootstrap interval."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    groups = [g[column].to_numpy(float) for _, g in df.groupby("category", sort=False)]
+    point = float(np.mean([g.mean() for g in groups]))
+    boots = np.mean([g[rng.integers(0, len(g), (n_boot, len(g)))].mean(1) for g in groups], axis=0)
+    return {f"{column} %": 100 * point, f"{column} low": 100 * float(np.quantile(boots, 0.025)),
+            f"{column} high": 100 * float(np.quantile(boots, 0.975))}
+
+
+def markdown_fig3(table: pd.DataFrame, caption: str) -> str:
+    rows = [{"category": r["category"], "queries": r["queries"],
+             "Target SFT % [95% CI]": f"{r['Target SFT %']:.1f} [{r['Target SFT low']:.1f}, {r['Target SFT high']:.1f}]",
+             "PaST % [95% CI]": f"{r['PaST %']:.1f} [{r['PaST low']:.1f}, {r['PaST high']:.1f}]",
+             "PaST − Target SFT [95% CI]": f"{r['PaST − Target SFT']:+.1f} [{r['diff low']:+.1f}, "
+                                           f"{r['diff high']:+.1f}]"} for r in table.to_dict("records")]
+    return (f"{pd.DataFrame(rows).to_markdown(index=False)}\n\nPaper (reported, Qwen2.5-7B, PPO, GPT-4.1 judge, 20 "
+            f"categories): Target SFT {PAPER_FIG3[TARGET]} %, PaST {PAPER_FIG3[PAST]} % on average.\n\n{caption}")
+
+
+def plot_fig3(table: pd.DataFrame, caption: str):
+    """Per category, Target SFT beside PaST with intervals; the average; the paper's averages marked as reported."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table) + 2), 3.6))
+    x = np.arange(len(table))
+    for off, name, color in ((-0.2, TARGET, "#9aa5b1"), (0.2, PAST, "#2b6cb0")):
+        m = table[f"{name} %"].to_numpy()
+        err = [m - table[f"{name} low"].to_numpy(), table[f"{name} high"].to_numpy() - m]
+        ax.bar(x + off, m, 0.38, yerr=err, capsize=3, color=color, label=f"{name} (measured)")
+    for name, style in ((TARGET, ":"), (PAST, "--")):
+        ax.axhline(PAPER_FIG3[name], color="#444444", ls=style, lw=1,
+                   label=f"paper, {name} average {PAPER_FIG3[name]} % (reported, 7B)")
+    ax.set_xticks(x, [f"{c}\n({q} q)" for c, q in zip(table["category"].str.replace("_", " "), table["queries"])],
+                  fontsize=7)
+    ax.set_ylabel("success rate % (Solved 1, Partially 0.5)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("ToolBench closed-book, Fig. 3: Target SFT vs PaST (skill vector from the source category)",
+                 fontsize=9)
+    fig.suptitle(caption, fontsize=7, y=0.0, va="top")
+    fig.tight_layout()
+    return fig
+
+
+def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Does the knowledge SFT teach the tools? For every API with required parameters of each target category,
+    the model is asked for its definition closed-book (type D prompt, greedy) and scored by the share of the
+    API's required parameter names it names; the base model against that category's Target SFT (first seed),
+    paired by API. Returns (summary per category and overall, per-API rows)."""
+    engine, p, bench = study.engines[0], study.params, study.benchmark
+    tools = bench.data(p)["tools"]
+    base = load_model(engine.base)
+    rows = []
+    for unit in bench.target_units(p):
+        names = [n for n in unit.data["apis"] if tools[n]["required_parameters"]]
+        prompts = [PAIR_PROMPTS["D"].format(name=n) for n in names]
+        sft = engine.adapt(unit, "target_sft").load()
+        for method, mt in (("Base", base), (TARGET, sft)):
+            outs = generate(None, prompts, max_new_tokens=160, desc="recall", model_and_tok=mt)
+            for n, o in zip(names, outs):
+                required = [q["name"] for q in tools[n]["required_parameters"]]
+                named = [r for r in required if f'"{r}"' in o[0]]
+                rows.append({"category": unit.data["category"], "api": n, "method": method,
+                             "required": ", ".join(required), "recalled": len(named) / len(required),
+                             "output": o[0][:300]})
+    per_api = pd.DataFrame(rows)
+    summary = []
+    for cat, g in [*per_api.groupby("category", sort=False), ("All", per_api)]:
+        b = g[g.method == "Base"]["recalled"].to_numpy()
+        t = g[g.method == TARGET]["recalled"].to_numpy()
+        d, lo, hi = paired_difference(t, b)
+        summary.append({"category": cat, "APIs": len(b), "Base %": round(100 * b.mean(), 1),
+                        "Target SFT %": round(100 * t.mean(), 1),
+                        "Target SFT − Base [95% CI]": f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                        "verdict": verdict(100 * d, 100 * lo, 100 * hi)})
+    return pd.DataFrame(summary), per_api
+
+
+def trajectories(answers: pd.DataFrame, n: int = 2) -> str:
+    """Full trajectories of Target SFT and PaST on the same first run of `n` queries (the paper's Appendix A.1)."""
+    out = []
+    first = answers[(answers.run == 0) & (answers.seed == answers.seed.min())]
+    for qid in list(dict.fromkeys(first.document))[:n]:
+        rows = first[first.document == qid]
+        out.append(f"=== query {qid} ({rows.category.iloc[0]}): {rows['query'].iloc[0]}")
+        for r in rows.itertuples():
+            out.append(f"--- {r.method}: {r.status}, reward {r.reward}, {r.turns} turns\n{r.trajectory}")
+    return "\n".join(out)
+
+
+def behaviour(answers: pd.DataFrame) -> pd.DataFrame:
+    """What the agents did, per method: share of runs finished, solved, and per-turn outcomes."""
+    g = answers.groupby("method", sort=False)
+    turns = g["turns"].sum()
+    return pd.DataFrame({"runs": g.size(), "finished %": 100 * g["finished"].mean(),
+                         "Solved %": 100 * g["status"].apply(lambda s: (s == "Solved").mean()),
+                         "Partially %": 100 * g["status"].apply(lambda s: (s == "Partially Solved").mean()),
+                         "turns": turns, "calls ok % of turns": 100 * g["calls_ok"].sum() / turns,
+                         "failed calls %": 100 * g["calls_failed"].sum() / turns,
+                         "bad format %": 100 * g["bad_format"].sum() / turns,
+                         "unknown API %": 100 * g["unknown_api"].sum() / turns,
+                         "mean reward": g["reward"].mean()}).round(1).reset_index()
+
+
+def conclusion(table: pd.DataFrame, recall: pd.DataFrame, rounds: pd.DataFrame) -> str:
+    """PaST against Target SFT, whether the knowledge SFT taught the tools, and whether RL moved, in words."""
+    avg = table.iloc[-1]
+    allr = recall[recall.category == "All"].iloc[0]
+    lines = [f"Knowledge check: Target SFT names {allr['Target SFT %']}% of the required parameters of its "
+             f"category's APIs, the base model {allr['Base %']}% (difference {allr['Target SFT − Base [95% CI]']}, "
+             f"{allr['verdict']})."]
+    lines.append(f"Average over {len(table) - 1} target categories: Target SFT {avg['Target SFT %']:.1f}%, PaST "
+                 f"{avg['PaST %']:.1f}%; PaST − Target SFT = {avg['PaST − Target SFT']:+.1f} "
+                 f"[{avg['diff low']:+.1f}, {avg['diff high']:+.1f}] points: "
+                 f"{verdict(avg['PaST − Target SFT'], avg['diff low'], avg['diff high'])}. "
+                 f"(Paper, reported: {PAPER_FIG3[TARGET]}% → {PAPER_FIG3[PAST]}%.)")
+    better = int((table.iloc[:-1]["PaST − Target SFT"] > 0).sum())
+    lines.append(f"PaST scored higher in {better} of {len(table) - 1} categories (paper: 20 of 20).")
+    if avg["Target SFT %"] == 0 and avg["PaST %"] == 0:
+        lines.append("Neither model solved any query: at this scale the comparison says nothing about PaST.")
+    r = rounds.iloc[-1]
+    if r.reward_never_varied:
+        lines.append("GRPO's reward never varied within a group: the skill vector is what the KL term moved.")
+    return "\n".join(lines)
