@@ -105,7 +105,8 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
         cfg["base_model_name_or_path"] = str(Path(start_dir).resolve())
         cfg_path.write_text(json.dumps(cfg, indent=2))
     losses = curve(trainer.state.log_history, "loss")
-    summary = {"records": len(records), "records_trained": kept, "format": sorted(keys), "spec": asdict(spec), "steps": trainer.state.max_steps,
+    summary = {"records": len(records), "records_trained": kept, "format": sorted(keys), "spec": asdict(spec),
+               "steps": trainer.state.max_steps,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "loss_fell": falling(losses)}
     (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))

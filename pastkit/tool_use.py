@@ -272,10 +272,11 @@ class LLMSimulator(RulesSimulator):
         user = f"API Documentation: {json.dumps(doc)}\nAPI Examples: {examples}\nAPI Input: {json.dumps(args)}"
         reply = self.endpoint.ask(SIMULATOR_PROMPT, user, max_tokens=512)
         try:
-            parsed = json.loads(reply.strip().removeprefix("```json").removesuffix("```"))
+            parsed = json.loads(reply.strip().removeprefix("```json").removesuffix("```").strip())
             err = parsed.get("error") or ""
-        except (json.JSONDecodeError, AttributeError):
-            return Outcome("failed", json.dumps({"error": "the simulator returned no valid JSON", "response": None}))
+        except (json.JSONDecodeError, AttributeError):  # the simulator's fault, not the agent's: never a penalty
+            from .judges import JudgeError
+            raise JudgeError(f"simulator replied {reply[:120]!r}: not the JSON object Table 17 asks for") from None
         if err:
             return Outcome("failed", json.dumps({"error": str(err), "response": None}))
         return Outcome("success", json.dumps(parsed, ensure_ascii=False)[:1500], parsed.get("response"))

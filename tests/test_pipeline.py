@@ -11,6 +11,7 @@ import yaml
 from pastkit.ablations import SquadAblationParams
 from pastkit.benchmarks.loogle import LoogleParams
 from pastkit.benchmarks.squad import SquadParams, cpt_documents, load_passages, single_documents, source_rounds
+from pastkit.benchmarks.toolbench import ToolbenchParams
 from pastkit.config import load_profile
 from pastkit.evaluation import bootstrap_interval, paired_difference
 from pastkit.report import ROOT, results_folder
@@ -137,7 +138,16 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     figs = tmp_path / "results" / f"smoke-{SquadParams.from_profile(smoke).digest()}"
     loogle = tmp_path / "results" / f"smoke-{LoogleParams.from_profile(smoke).digest()}"
     ablations = tmp_path / "results" / f"smoke-{SquadAblationParams.from_profile(smoke).digest()}"
-    assert sorted((tmp_path / "results").iterdir()) == sorted([figs, loogle, ablations])
+    tools = tmp_path / "results" / f"smoke-{ToolbenchParams.from_profile(smoke).digest()}"
+    assert sorted((tmp_path / "results").iterdir()) == sorted([figs, loogle, ablations, tools])
+    for name in ("fig3_toolbench.csv", "fig3_toolbench.md", "fig3_toolbench.png", "grpo_reward_toolbench.png",
+                 "toolbench_parameter_recall.csv"):
+        assert (tools / name).stat().st_size > 0, name
+    f3 = pd.read_csv(tools / "fig3_toolbench.csv")
+    assert list(f3.category) == ["Text_Analysis", "Average (over categories)"]
+    assert f3["Target SFT %"].between(0, 100).all() and f3["PaST %"].between(0, 100).all()
+    prov = json.loads((tools / "fig3_toolbench.csv.provenance.json").read_text())
+    assert prov["judge"]["solution_judge"] == "grounded" and prov["categories"] == ["Text_Analysis"]
     for name in ("table4_transfer.csv", "table4_transfer.md", "table4_transfer.png", "controls_squad.csv",
                  "controls_squad.png", "lambda_validation_squad.csv", "lambda_test_squad.csv"):
         assert (ablations / name).stat().st_size > 0, name
@@ -191,4 +201,4 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     run_profile(str(changed), out_dir=tmp_path / "executed", only=["02_squad"], log=lambda *_: None)
     added = [p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir() if p.name not in before]
     assert set(added) == {"inject", "answers"}
-    assert len(list((tmp_path / "results").iterdir())) == 4
+    assert len(list((tmp_path / "results").iterdir())) == 5

@@ -42,6 +42,7 @@ from ..judges import STRICT_METRICS, JudgePrompt
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
 from ..skill_rl import RLTask, closed_book_task
+from .squad import split_sentences
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "loogle"
 SHIPPED = "shortdep_qa"  # the 5-document sample
@@ -304,6 +305,7 @@ class LoogleParams(PastParams):
     gen_tokens: int = 128                       # max new tokens per summary or proposed QA pair
     gen_temperature: float = 1.0                # sampling temperature of the data generation (paper E.2)
     sft_max_len: int = 512                      # SFT sequence length in tokens (paper Table 13: 8192)
+    phase1_sentences: bool = True               # also each sentence as its own sequence (cpu; as SQuAD's sft_sentences)
     phase1_epochs: int = 4                      # knowledge encoding (paper Table 13: 3; SQuAD cpu setting)
     phase1_lr: float = 2e-4                     # (paper Table 13: 1e-4; SQuAD cpu setting)
     phase2_epochs: int = 2                      # QA adaptation (paper Table 13: 2)
@@ -438,13 +440,17 @@ class Loogle:
         return data
 
     def sft_phases(self, engine: Engine, domain: Domain, variant: str) -> list[SFTPhase]:
-        """Phase 1, knowledge encoding: verbatim chunks, chunk -> summary, summary -> chunk. Phase 2, QA adaptation:
+        """Phase 1, knowledge encoding: verbatim chunks, chunk -> summary, summary -> chunk (and, with
+        `phase1_sentences`, every sentence on its own). Phase 2, QA adaptation:
         the proposed pairs as closed-book chat turns (the format RL and evaluation use). Same for source and target."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown SFT data variant {variant!r}; known: {VARIANTS}")
         p, data = engine.p, self.synthetic(engine, domain)
         rng = random.Random(engine.seed)
         phase1 = [{"prompt": f"{c['title']}\n", "completion": c["chunk"]} for c in data["chunks"]]
+        if p.phase1_sentences:  # each sentence of the text as a sequence of its own (README: what teaches facts)
+            phase1 += [{"prompt": f"{d['title']}\n", "completion": s} for d in domain.data["docs"]
+                       for text in d["texts"] for s in split_sentences(text)]
         for s in data["summaries"]:
             phase1.append({"prompt": SUMMARY_TEMPLATES[s["template"]].format(text_segment=s["chunk"]),
                            "completion": s["summary"]})

@@ -36,8 +36,19 @@ from ..generation import generate, load_model
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
 from ..skill_rl import RLTask
-from ..tool_use import (FINISH, MAX_TURNS, RulesSimulator, Task, agent_prompt, function_name, make_simulator,
-                        leaves, make_solution_judge, run_episodes, schema_json, task_messages)
+from ..tool_use import (
+    FINISH,
+    RulesSimulator,
+    Task,
+    agent_prompt,
+    function_name,
+    leaves,
+    make_simulator,
+    make_solution_judge,
+    run_episodes,
+    schema_json,
+    task_messages,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "toolbench" / "toolbench.json"
 # Table 14: the 21 categories (ToolBench folder names); Movies is the source, the other 20 the targets.
@@ -150,7 +161,7 @@ class ToolbenchParams(PastParams):
     rl_lr: float = 1e-5                         # GRPO LR (paper Table 19: PPO actor 1e-6)
     queries: str = "shipped"                    # "shipped" (StableToolBench solvable test set) or its folder
     source_category: str = "Movies"             # RL category (paper F.1)
-    target_categories: list = field(default_factory=lambda: ["Text_Analysis", "Advertising"])  # cpu: fewest APIs (README)
+    target_categories: list = field(default_factory=lambda: ["Text_Analysis", "Advertising"])  # cpu: fewest APIs
     max_queries: int = 3                        # test queries per target category (0: all; paper: all)
     descriptions_per_api: int = 1               # teacher descriptions per API, one per prompt (paper F.2.1: 3)
     teacher_tokens: int = 64                    # max new tokens per teacher description
@@ -161,7 +172,7 @@ class ToolbenchParams(PastParams):
     alignment_apis: int = 4                     # APIs per domain given Stage 2 ReAct examples (0: all)
     tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
     tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
-    max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; each re-reads ~1k tokens)
+    max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; cpu: time)
     simulator: str = "rules"                    # "rules" (deterministic) or "llm" (Table 17 on the judge endpoint)
     eval_runs: int = 3                          # runs per query, averaged (paper Sec. 5.2: 3)
     eval_temperature: float = 0.7               # sampling at evaluation (paper: not stated; Table 9's 0.7)
@@ -371,7 +382,8 @@ class Toolbench:
 
 
 def _pair(prompt: str, completion: str) -> dict:
-    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
+    return {"prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": completion}]}
 
 
 def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int) -> list[dict]:
@@ -465,7 +477,8 @@ def _category_mean(df: pd.DataFrame, column: str, n_boot: int = 10_000) -> dict:
 
 def markdown_fig3(table: pd.DataFrame, caption: str) -> str:
     rows = [{"category": r["category"], "queries": r["queries"],
-             "Target SFT % [95% CI]": f"{r['Target SFT %']:.1f} [{r['Target SFT low']:.1f}, {r['Target SFT high']:.1f}]",
+             "Target SFT % [95% CI]": f"{r['Target SFT %']:.1f} [{r['Target SFT low']:.1f}, "
+                                      f"{r['Target SFT high']:.1f}]",
              "PaST % [95% CI]": f"{r['PaST %']:.1f} [{r['PaST low']:.1f}, {r['PaST high']:.1f}]",
              "PaST − Target SFT [95% CI]": f"{r['PaST − Target SFT']:+.1f} [{r['diff low']:+.1f}, "
                                            f"{r['diff high']:+.1f}]"} for r in table.to_dict("records")]
@@ -500,35 +513,38 @@ def plot_fig3(table: pd.DataFrame, caption: str):
 
 
 def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Does the knowledge SFT teach the tools? For every API with required parameters of each target category,
+    """Does the knowledge SFT teach the tools? For every API with required parameters that a domain's SFT covered,
     the model is asked for its definition closed-book (type D prompt, greedy) and scored by the share of the
-    API's required parameter names it names; the base model against that category's Target SFT (first seed),
-    paired by API. Returns (summary per category and overall, per-API rows)."""
+    API's required parameter names it names; the base model against that domain's SFT model, paired by API
+    (first seed). Domains: the source category (its SFT before RL: where the cpu settings were chosen) and each
+    target category (its Target SFT). Returns (summary per domain and over the targets, per-API rows)."""
     engine, p, bench = study.engines[0], study.params, study.benchmark
     tools = bench.data(p)["tools"]
+    source = study.rounds[engine.seed][0]
+    domains = [(f"{source.domain.name} (source)", source.domain, engine.model_of(source.sft))]
+    domains += [(unit.name, unit, engine.adapt(unit, "target_sft")) for unit in bench.target_units(p)]
     base = load_model(engine.base)
     rows = []
-    for unit in bench.target_units(p):
+    for label, unit, model in domains:
         names = [n for n in unit.data["apis"] if tools[n]["required_parameters"]]
         prompts = [PAIR_PROMPTS["D"].format(name=n) for n in names]
-        sft = engine.adapt(unit, "target_sft").load()
-        for method, mt in (("Base", base), (TARGET, sft)):
+        for method, mt in (("Base", base), ("SFT", model.load())):
             outs = generate(None, prompts, max_new_tokens=160, desc="recall", model_and_tok=mt)
             for n, o in zip(names, outs):
                 required = [q["name"] for q in tools[n]["required_parameters"]]
                 named = [r for r in required if f'"{r}"' in o[0]]
-                rows.append({"category": unit.data["category"], "api": n, "method": method,
-                             "required": ", ".join(required), "recalled": len(named) / len(required),
-                             "output": o[0][:300]})
+                rows.append({"domain": label, "api": n, "method": method, "required": ", ".join(required),
+                             "recalled": len(named) / len(required), "output": o[0][:300]})
     per_api = pd.DataFrame(rows)
+    targets = per_api[~per_api.domain.str.endswith("(source)")]
     summary = []
-    for cat, g in [*per_api.groupby("category", sort=False), ("All", per_api)]:
+    for label, g in [*per_api.groupby("domain", sort=False), ("All targets", targets)]:
         b = g[g.method == "Base"]["recalled"].to_numpy()
-        t = g[g.method == TARGET]["recalled"].to_numpy()
+        t = g[g.method == "SFT"]["recalled"].to_numpy()
         d, lo, hi = paired_difference(t, b)
-        summary.append({"category": cat, "APIs": len(b), "Base %": round(100 * b.mean(), 1),
-                        "Target SFT %": round(100 * t.mean(), 1),
-                        "Target SFT − Base [95% CI]": f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+        summary.append({"domain": label, "APIs": len(b), "Base %": round(100 * b.mean(), 1),
+                        "SFT %": round(100 * t.mean(), 1),
+                        "SFT − Base [95% CI]": f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
                         "verdict": verdict(100 * d, 100 * lo, 100 * hi)})
     return pd.DataFrame(summary), per_api
 
@@ -562,10 +578,9 @@ def behaviour(answers: pd.DataFrame) -> pd.DataFrame:
 def conclusion(table: pd.DataFrame, recall: pd.DataFrame, rounds: pd.DataFrame) -> str:
     """PaST against Target SFT, whether the knowledge SFT taught the tools, and whether RL moved, in words."""
     avg = table.iloc[-1]
-    allr = recall[recall.category == "All"].iloc[0]
-    lines = [f"Knowledge check: Target SFT names {allr['Target SFT %']}% of the required parameters of its "
-             f"category's APIs, the base model {allr['Base %']}% (difference {allr['Target SFT − Base [95% CI]']}, "
-             f"{allr['verdict']})."]
+    allr = recall[recall.domain == "All targets"].iloc[0]
+    lines = [f"Knowledge check: Target SFT names {allr['SFT %']}% of the required parameters of its category's "
+             f"APIs, the base model {allr['Base %']}% (difference {allr['SFT − Base [95% CI]']}: {allr['verdict']})."]
     lines.append(f"Average over {len(table) - 1} target categories: Target SFT {avg['Target SFT %']:.1f}%, PaST "
                  f"{avg['PaST %']:.1f}%; PaST − Target SFT = {avg['PaST − Target SFT']:+.1f} "
                  f"[{avg['diff low']:+.1f}, {avg['diff high']:+.1f}] points: "

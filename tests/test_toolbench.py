@@ -1,0 +1,275 @@
+"""ToolBench: the simulator's errors, the F.3.1 reward arithmetic, the ReAct parser, observation masking, the data."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from pastkit.benchmarks.toolbench import (
+    CATEGORIES,
+    Toolbench,
+    ToolbenchParams,
+    alignment_records,
+    derive,
+    fig3_table,
+    load_toolbench,
+)
+from pastkit.tool_use import (
+    FINISH_REWARD,
+    TURN_LIMIT_PENALTY,
+    Episode,
+    Outcome,
+    RulesSimulator,
+    RulesSolutionJudge,
+    Step,
+    Task,
+    Turn,
+    act,
+    function_name,
+    parse_step,
+    run_episodes,
+)
+
+API = {"category_name": "Movies", "tool_name": "Film DB", "api_name": "Get Movie", "api_description": "A movie by id",
+       "required_parameters": [{"name": "movie_id", "type": "NUMBER", "description": "", "default": "7"}],
+       "optional_parameters": [{"name": "lang", "type": "STRING", "description": "", "default": "en"},
+                               {"name": "adult", "type": "BOOLEAN", "description": "", "default": "false"},
+                               {"name": "day", "type": "DATE (YYYY-MM-DD)", "description": "", "default": ""}],
+       "method": "GET", "template_response": {"title": "str", "year": "int",
+                                              "cast": [{"name": "str", "_list_length": 9}]}}
+NAME = function_name("Film DB", "Get Movie")
+TOOLS = {NAME: API}
+
+
+def test_function_names_follow_toolbench():
+    assert NAME == "get_movie_for_film_db"
+    assert function_name("10000+ Anime Quotes", "Id") == "is_id_for_get_10000_anime_quotes"
+
+
+@pytest.mark.parametrize("text, error", [
+    ("I will look it up for you.", "no 'Action:' field"),
+    ("Thought: x\nAction: get_movie_for_film_db", "no 'Action Input:' field"),
+    ("Thought: x\nAction: get_movie_for_film_db\nAction Input: {movie_id: 7}", "not valid JSON"),
+    ("Thought: x\nAction: get_movie_for_film_db\nAction Input: [7]", "must be a JSON object"),
+    ("Thought: x\nAction: get_movie_for_film_db\nAction Input: {\"movie_id\": 7", "not valid JSON"),
+])
+def test_parser_names_what_is_malformed(text, error):
+    step = parse_step(text)
+    assert step.error and error in step.error and step.action_input is None
+
+
+def test_parser_reads_a_turn_and_ignores_a_made_up_observation():
+    step = parse_step("Thought: find it\nAction: `get_movie_for_film_db`\nAction Input: ```json\n{\"movie_id\": 7}\n```"
+                      "\nObservation: {\"title\": \"invented\"}\nAction: Finish\nAction Input: {}")
+    assert step == Step("find it", NAME, {"movie_id": 7})
+
+
+def test_simulator_gives_the_specific_error():
+    sim = RulesSimulator(TOOLS)
+    unknown = act(parse_step('Action: get_film\nAction Input: {"movie_id": 7}'), [NAME], sim)
+    assert unknown.kind == "unknown_api" and "no such function: 'get_film'" in unknown.observation
+    listed_but_unknown = act(parse_step('Action: other\nAction Input: {}'), [NAME, "other"], sim)
+    assert listed_but_unknown.kind == "unknown_api"
+    bad_json = act(parse_step("Action: get_movie_for_film_db\nAction Input: {'movie_id': 7}"), [NAME], sim)
+    assert bad_json.kind == "bad_format" and "not valid JSON" in bad_json.observation
+    cases = {json.dumps({}): "missing required parameter(s): movie_id",
+             json.dumps({"movie_id": "7"}): "'movie_id' must be of type NUMBER, got str",
+             json.dumps({"movie_id": True}): "'movie_id' must be of type NUMBER, got bool",
+             json.dumps({"movie_id": 7, "adult": "no"}): "'adult' must be of type BOOLEAN",
+             json.dumps({"movie_id": 7, "day": "May 1"}): "'day' must be of type DATE (YYYY-MM-DD)"}
+    for args, error in cases.items():
+        out = act(parse_step(f"Action: {NAME}\nAction Input: {args}"), [NAME], sim)
+        assert out.kind == "failed" and error in json.loads(out.observation)["error"], args
+    finish = act(parse_step('Action: Finish\nAction Input: {"answer": "x"}'), [NAME], sim)
+    assert finish.kind == "failed" and "final_answer" in finish.observation
+
+
+def test_simulator_answers_a_valid_call_in_the_template_shape():
+    sim = RulesSimulator(TOOLS)
+    out = sim.call(NAME, {"movie_id": 7, "lang": "en"})
+    assert out.kind == "success" and json.loads(out.observation)["error"] == ""
+    r = out.response
+    assert set(r) == {"title", "year", "cast"} and isinstance(r["year"], int) and isinstance(r["title"], str)
+    assert len(r["cast"]) == 2 and set(r["cast"][0]) == {"name"}  # lists cut to 2 items (Table 17's rule)
+    assert sim.call(NAME, {"movie_id": 7, "lang": "en"}) == out  # deterministic
+    assert sim.call(NAME, {"movie_id": 8}).response != r
+
+
+def _turn(text, sim):
+    step = parse_step(text)
+    return Turn(text, step, act(step, [NAME], sim))
+
+
+def test_rewards_of_hand_written_trajectories():
+    sim, judge = RulesSimulator(TOOLS), RulesSolutionJudge()
+    ok = f'Thought: a\nAction: {NAME}\nAction Input: {{"movie_id": 7}}'
+    title = sim.call(NAME, {"movie_id": 7}).response["title"]
+    e = Episode("q", [NAME], [NAME])
+    e.turns = [_turn("no format at all", sim),                                    # -0.2
+               _turn(f"Action: {NAME}\nAction Input: {{}}", sim),                 # -0.1 (missing movie_id)
+               _turn(ok, sim),                                                    # +0.1
+               _turn(f'Action: Finish\nAction Input: {{"final_answer": "It is {title}."}}', sim)]  # +0.2
+    e.status = judge.status("q", e)
+    assert e.status == "Solved" and e.finished
+    assert e.format_reward() == pytest.approx(-0.2) and e.termination_reward() == FINISH_REWARD
+    assert e.reward() == pytest.approx(-0.2 + 0.2 + 1.0)
+
+    ungrounded = Episode("q", [NAME], [NAME], turns=[_turn(ok, sim), _turn(
+        'Action: Finish\nAction Input: {"final_answer": "Some movie I remember."}', sim)])
+    ungrounded.status = judge.status("q", ungrounded)
+    assert ungrounded.status == "Partially Solved" and ungrounded.reward() == pytest.approx(0.1 + 0.2 + 0.5)
+
+    stuck = Episode("q", [NAME], [NAME], turns=[_turn(ok, sim)] * 5)  # never finishes: the 5-turn limit
+    stuck.status = judge.status("q", stuck)
+    assert stuck.status == "Unsolved" and stuck.termination_reward() == TURN_LIMIT_PENALTY
+    assert stuck.reward() == pytest.approx(5 * 0.1 - 0.5)
+
+    made_up = Episode("q", [NAME], [NAME], turns=[_turn('Action: Finish\nAction Input: {"final_answer": "42"}', sim)])
+    made_up.status = judge.status("q", made_up)
+    assert made_up.status == "Unsolved" and made_up.reward() == pytest.approx(0.2)  # finished, no call: unsolved
+
+
+class Scripted:
+    """A stand-in for a causal LM's generate(): emits the next scripted turn for every row of the batch."""
+
+    def __init__(self, tok, turns):
+        self.tok, self.turns, self.calls = tok, turns, 0
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, **kw):
+        import torch
+        from transformers.generation.utils import GenerateDecoderOnlyOutput
+        text = self.turns[min(self.calls, len(self.turns) - 1)]
+        self.calls += 1
+        new = self.tok(text, add_special_tokens=False)["input_ids"] + [eos_token_id]
+        seq = torch.cat([input_ids, torch.tensor([new] * len(input_ids))], 1)
+        scores = tuple(torch.zeros(len(input_ids), len(self.tok)) for _ in new)
+        return GenerateDecoderOnlyOutput(sequences=seq, scores=scores)
+
+
+def test_observations_are_masked_out_of_the_completion(tmp_path):
+    """env_mask is 1 exactly on the model's tokens and 0 on the observations the environment inserted."""
+    from pastkit.generation import load_model
+    from pastkit.models import make_tiny_model
+
+    _, tok = load_model(make_tiny_model(tmp_path / "tiny"))
+    turns = ['Thought: a\nAction: get_movie_for_film_db\nAction Input: {"movie_id": 7}',
+             'Thought: b\nAction: Finish\nAction Input: {"final_answer": "done"}']
+    model = Scripted(tok, turns)
+    [e] = run_episodes(model, tok, [Task("which movie?", (NAME,), (NAME,))], RulesSimulator(TOOLS),
+                       RulesSolutionJudge(), max_turns=5, max_new_tokens=64, temperature=0)
+    assert len(e.turns) == 2 and e.finished and [t.outcome.kind for t in e.turns] == ["success", "finish"]
+    assert len(e.completion_ids) == len(e.env_mask) == len(e.logprobs)
+    model_part = tok.decode([t for t, m in zip(e.completion_ids, e.env_mask) if m == 1], skip_special_tokens=True)
+    env_part = tok.decode([t for t, m in zip(e.completion_ids, e.env_mask) if m == 0])
+    assert model_part == turns[0] + turns[1]
+    assert "Observation:" in env_part and "Observation:" not in model_part
+    assert json.loads(env_part.split("Observation: ")[1].split("<|im_end|>")[0])["error"] == ""
+    full = tok.decode(e.prompt_ids + e.completion_ids)  # the whole episode is one well-formed chat
+    assert full.count("<|im_start|>assistant") == 2 and full.count("<|im_start|>user") == 2
+
+
+def _write_queries(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "G1_instruction.json").write_text(json.dumps(rows))
+
+
+def test_derive_assigns_queries_by_first_api_and_refuses_bad_files(tmp_path):
+    other = {**API, "category_name": "Data", "tool_name": "Other", "api_name": "Ping"}
+    rows = [{"query": "a", "query_id": 1, "relevant APIs": [["Film DB", "Get Movie"]], "api_list": [API, other]},
+            {"query": "b", "query_id": 2, "relevant APIs": [["Other", "Ping"]], "api_list": [other, API]}]
+    _write_queries(tmp_path / "q", rows)
+    data = derive(tmp_path / "q")
+    assert [(q["query_id"], q["category"]) for q in data["queries"]] == [(1, "Movies")]  # "Data" is not in Table 14
+    assert data["queries"][0]["apis"] == [NAME, "ping_for_other"] and data["queries"][0]["relevant"] == [NAME]
+    (tmp_path / "q" / "G1_instruction.json").write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match="G1_instruction.json: expected a JSON array"):
+        derive(tmp_path / "q")
+    _write_queries(tmp_path / "r", [{"query": "a", "query_id": 1, "api_list": []}])
+    with pytest.raises(ValueError, match="G1_instruction.json: query 0 needs"):
+        derive(tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match="no G\\*.json"):
+        derive(tmp_path / "empty")
+
+
+def test_shipped_data_and_params():
+    data = load_toolbench("shipped")
+    cats = {q["category"] for q in data["queries"]}
+    assert cats == set(CATEGORIES) and sum(q["category"] == "Movies" for q in data["queries"]) == 51
+    with pytest.raises(ValueError, match="one source category"):
+        ToolbenchParams(rounds=2)
+    with pytest.raises(ValueError, match="Table 14"):
+        ToolbenchParams(target_categories=["Movies"])
+    with pytest.raises(ValueError, match="Table 14"):
+        ToolbenchParams(target_categories=["Cooking"])
+    p = ToolbenchParams(target_categories=["SMS"], max_queries=2)
+    [unit] = Toolbench().target_units(p)
+    assert len(unit.data["queries"]) == 2 and set(unit.data["apis"]) == {n for q in unit.data["queries"]
+                                                                           for n in q["apis"]}
+    source = Toolbench().source_rounds(p)[0]
+    assert {q["category"] for q in source.data["queries"]} == {"Movies"} and len(source.data["queries"]) == 4
+
+
+def test_alignment_examples_come_from_schemas_and_make_valid_calls():
+    data = load_toolbench("shipped")
+    names = sorted(data["tools"])[:12]
+    records = alignment_records(data["tools"], names, 0, seed=0)
+    queries = {q["query"] for q in data["queries"]}
+    sim = RulesSimulator(data["tools"])
+    assert len(records) == 2 * len(names)
+    for call, finish in zip(records[::2], records[1::2]):
+        assert call["prompt"][1]["content"] not in queries  # never a test query
+        step = parse_step(call["completion"][0]["content"])
+        listed = call["prompt"][0]["content"].split("specific set of APIs: ")[1].split(". You must")[0].split(", ")
+        assert act(step, listed, sim).kind == "success", step
+        assert parse_step(finish["completion"][0]["content"]).action == "Finish"
+
+
+def test_fig3_table_pairs_by_query_and_averages_over_categories():
+    rows = []
+    for cat, scores in {"A": ([0, 0], [1, 1]), "B": ([1, 0, 0, 0], [1, 0, 0, 0])}.items():
+        for method, xs in zip(("Target SFT", "PaST"), scores):
+            rows += [{"category": cat, "method": method, "document": f"{cat}{i}", "score": x, "seed": 0}
+                     for i, x in enumerate(xs)]
+    t = fig3_table(pd.DataFrame(rows)).set_index("category")
+    assert t.loc["A", "PaST − Target SFT"] == 100 and t.loc["B", "PaST − Target SFT"] == 0
+    avg = t.loc["Average (over categories)"]
+    assert avg["Target SFT %"] == 12.5 and avg["PaST %"] == 62.5 and avg["PaST − Target SFT"] == 50
+
+
+def test_outcome_kinds_cover_the_reward_table():
+    from pastkit.tool_use import TURN_REWARD
+    assert set(TURN_REWARD) | {"finish"} == {"success", "failed", "bad_format", "unknown_api", "finish"}
+    assert Outcome("finish", "").kind == "finish"
+
+
+class Endpoint:
+    """A stand-in for the cached LLM endpoint: a fixed reply, and a record of what was asked."""
+
+    def __init__(self, reply):
+        self.reply, self.asked = reply, []
+
+    def ask(self, system, user, max_tokens):
+        self.asked.append(user)
+        return self.reply
+
+    def describe(self):
+        return {"model": "stub"}
+
+
+def test_llm_simulator_and_solution_judge_read_their_replies():
+    from pastkit.judges import JudgeError
+    from pastkit.tool_use import LLMSimulator, LLMSolutionJudge
+
+    sim = LLMSimulator(TOOLS, endpoint=Endpoint('{"error": "", "response": {"title": "Heat"}}'))
+    assert sim.call(NAME, {"movie_id": 7}).response == {"title": "Heat"}
+    assert '"movie_id": 7' in sim.endpoint.asked[0] and "API Documentation:" in sim.endpoint.asked[0]
+    assert sim.call(NAME, {}).kind == "failed" and len(sim.endpoint.asked) == 1  # schema checked before asking
+    refused = LLMSimulator(TOOLS, endpoint=Endpoint('{"error": "movie_id out of range", "response": null}'))
+    assert json.loads(refused.call(NAME, {"movie_id": 7}).observation)["error"] == "movie_id out of range"
+    with pytest.raises(JudgeError, match="simulator replied"):
+        LLMSimulator(TOOLS, endpoint=Endpoint("Sure! Here is the response")).call(NAME, {"movie_id": 7})
+    e = Episode("q", [NAME], [NAME])
+    judge = LLMSolutionJudge(endpoint=Endpoint('{"reason": "half", "answer_status": "Partially Solved"}'))
+    assert judge.status("q", e) == "Partially Solved" and "<Target_Query> q </Target_Query>" in judge.endpoint.asked[0]
+    with pytest.raises(JudgeError, match="no answer_status"):
+        LLMSolutionJudge(endpoint=Endpoint("Solved!")).status("q", e)
