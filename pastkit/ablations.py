@@ -1,11 +1,13 @@
 """Ablations and controls on any benchmark's engine (paper Sec. 5.3 and Table 4; the referee's controls; λ).
 
+* Iterative refinement (Table 3): PaST with the vector of one round on N, one round on 2N, two rounds on N.
 * Transfer strategies (Table 4): Target SFT, Sequential fine-tuning, Pre-injection, Post-hoc composition (PaST),
   each the engine's `adapt` with one of `past.STRATEGIES`.
 * Controls: the target model plus −λ·v and plus a random vector with v's norm in every tensor, beside +λ·v.
   If they help as much as v, the skill vector's direction is not what helps.
 * λ: chosen on a validation split (the target SFT of validation documents plus λ·v, for each λ of a grid), then
-  reported on the test split beside λ = 1; never chosen on test.
+  reported on the test split beside λ = 1; never chosen on test. Likewise a λ per module group (attention, MLP,
+  the rest), by coordinate search on validation.
 
 Every comparison is scored by the benchmark's own `score` (cached answers) and summarised with intervals over
 documents, paired against Target SFT.
@@ -13,6 +15,7 @@ documents, paired against Target SFT.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -21,7 +24,8 @@ import pandas as pd
 from .benchmarks.squad import SquadParams, _domain, load_passages
 from .evaluation import summarize, verdict
 from .judges import STRICT_METRICS
-from .past import STRATEGIES, Domain, Engine, Round
+from .past import STRATEGIES, Domain, Engine, Round, Study
+from .skill_vector import MODULE_GROUPS
 
 TARGET = STRATEGIES["target_sft"].label
 METRICS = ("score", *STRICT_METRICS)
@@ -61,6 +65,31 @@ def transfer_strategies(engine: Engine, unit: Domain, source: Round) -> pd.DataF
                       for s in STRATEGIES.values()], ignore_index=True)
 
 
+def iterative_refinement(study: Study, unit: Domain) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 3 (paper Sec. 5.3.1): PaST on `unit` with the skill vector of one round on N source documents, of one
+    round on 2N (the same 2N documents the two rounds see, and twice the RL prompts: equal data and optimisation
+    steps), and of two rounds on N (Algorithm 1). The 1×N and 2×N vectors are the study's own rounds; the 1×2N
+    run is a study of its own with `rounds=1`, `n_source=2N`, `rl_prompts=2×`. Returns (answers, the steps each
+    variant took, read from its stages, so "equal steps" is checked, not assumed)."""
+    p = study.params
+    double = dataclasses.replace(p, rounds=1, n_source=2 * p.n_source, rl_prompts=2 * p.rl_prompts)
+    frames, steps = [], []
+    for engine in study.engines:
+        rounds = study.rounds[engine.seed]
+        [wide] = Engine(study.benchmark, double, engine.seed, engine.log).distill()
+        variants = {f"1 round (N = {p.n_source})": [rounds[0]], f"1 round (N = {2 * p.n_source})": [wide],
+                    f"{len(rounds)} rounds (N = {p.n_source})": rounds}
+        frames.append(engine.answers(engine.adapt(unit, "target_sft"), unit).assign(method=TARGET, seed=engine.seed))
+        for name, used in variants.items():
+            frames.append(engine.answers(engine.adapt(unit, "post_hoc", used[-1]), unit)
+                          .assign(method=name, seed=engine.seed))
+            steps.append({"seed": engine.seed, "variant": name,
+                          "source documents": sum(len(r.domain.data["passages"]) for r in used),
+                          "SFT steps": sum(engine.summary(r.sft)["steps"] for r in used),
+                          "GRPO steps": sum(engine.summary(r.rl)["steps"] for r in used)})
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(steps)
+
+
 def controls(engine: Engine, unit: Domain, source: Round, seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
     """Answers of θ_T, θ_T + λ·v (PaST), θ_T − λ·v and θ_T + λ·r (r random, ‖r‖ = ‖v‖ per tensor) on `unit`."""
     lam, target = engine.p.lam, engine.adapt(unit, "target_sft")
@@ -86,6 +115,47 @@ def choose_lambda(engine: Engine, validation: Domain, source: Round, grid: list[
     best = max(rows, key=lambda r: (r["validation score %"], -abs(r["lam"] - 1.0)))["lam"]
     table["chosen"] = table["lam"] == best
     return table
+
+
+def choose_group_lambdas(engine: Engine, validation: Domain, source: Round, grid: list[float],
+                         start: float) -> tuple[dict, pd.DataFrame]:
+    """λ per module group (attention, MLP, the rest), chosen on validation by coordinate search: from every group
+    at `start` (the λ chosen for the whole vector), each group in turn tries every λ of `grid` with the others
+    held, and keeps the best (ties: its current value). Returns (the chosen λs, every trial)."""
+    target = engine.adapt(validation, "target_sft").stage
+    scales, rows, seen = dict.fromkeys(MODULE_GROUPS, start), [], {}
+
+    def score(sc: dict) -> float:
+        key = tuple(sc[g] for g in MODULE_GROUPS)
+        if key not in seen:
+            vector = engine.derived_vector("groups", [source.vector], scales=dict(sc))
+            seen[key] = 100 * engine.answers(engine.model_of(target, vector), validation, "validation")["score"].mean()
+        return seen[key]
+
+    for group in MODULE_GROUPS:
+        current = score(scales)
+        for lam in grid:
+            trial = {**scales, group: lam}
+            rows.append({"seed": engine.seed, "group": group, **{f"λ {g}": trial[g] for g in MODULE_GROUPS},
+                         "validation score %": score(trial)})
+        best = max(grid, key=lambda x: (score({**scales, group: x}), x == scales[group]))
+        if score({**scales, group: best}) > current:
+            scales[group] = best
+    table = pd.DataFrame(rows)
+    table["chosen"] = [all(r[f"λ {g}"] == scales[g] for g in MODULE_GROUPS) for r in rows]
+    return scales, table
+
+
+def group_lambdas_on_test(engine: Engine, unit: Domain, source: Round, scales: dict, chosen: float) -> pd.DataFrame:
+    """Test answers of Target SFT, PaST at the one λ chosen on validation, and PaST with the per-group λs."""
+    target = engine.adapt(unit, "target_sft")
+    label = ", ".join(f"{g} {scales[g]:g}" for g in MODULE_GROUPS)
+    models = {TARGET: target, f"PaST, λ = {chosen:g} (chosen on validation)": engine.adapt(unit, "post_hoc", source,
+                                                                                       chosen),
+              f"PaST, λ per group ({label}; chosen on validation)": engine.model_of(
+                  target.stage, engine.derived_vector("groups", [source.vector], scales=scales))}
+    return pd.concat([engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()],
+                     ignore_index=True)
 
 
 def lambda_on_test(engine: Engine, unit: Domain, source: Round, chosen: float) -> pd.DataFrame:
@@ -132,17 +202,28 @@ def plot(t: pd.DataFrame, title: str, caption: str):
     return fig
 
 
-def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame) -> str:
+def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame,
+               groups_on_test: pd.DataFrame | None = None, table3: pd.DataFrame | None = None) -> str:
     """One line per claim, from the numbers."""
     def diff(t, method):
         r = t.set_index("method").loc[method]
         return (f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}]",
                 verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high))
 
+    lines = []
+    if table3 is not None:
+        t3 = table3[table3.method != TARGET].set_index("method")["score"]
+        lines.append("Iterative refinement (Table 3), PaST score per source schedule: "
+                     + ", ".join(f"{m} {x:.1f}" for m, x in t3.items())
+                     + (f"; best: {t3.idxmax()}" if (t3 == t3.max()).sum() == 1 else "; the best ones tie")
+                     + ". The paper's claim is that 2 rounds on N beat 1 round on 2N at equal steps.")
+        for m in t3.index:
+            d, v = diff(table3, m)
+            lines.append(f"  {m} − Target SFT = {d} points: {v}.")
     s = strategies.set_index("method")["score"]
     order = " > ".join(f"{m} ({s[m]:.1f})" for m in s.sort_values(ascending=False).index)
-    lines = [f"Transfer strategies, ordered by score: {order}. The paper's order is post-hoc > pre-injection > "
-             "sequential."]
+    lines.append(f"Transfer strategies, ordered by score: {order}. The paper's order is post-hoc > pre-injection > "
+                 "sequential.")
     for m in [m for m in ctrl.method if m != TARGET]:
         d, v = diff(ctrl, m)
         lines.append(f"Control: {m} − Target SFT = {d} points: {v}.")
@@ -150,5 +231,9 @@ def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, 
     lines.append(f"λ chosen on validation: {chosen:g} (grid {', '.join(f'{x:g}' for x in lam.lam)}).")
     for m in [m for m in on_test.method if m != TARGET]:
         d, v = diff(on_test, m)
+        lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
+    if groups_on_test is not None:
+        m = groups_on_test.method.iloc[-1]
+        d, v = diff(groups_on_test, m)
         lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
     return "\n".join(lines)

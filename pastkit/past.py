@@ -210,20 +210,24 @@ class Engine:
                        "PaST row equals its baseline")
         return stage
 
-    def derived_vector(self, formula: str, vectors: list[Stage], seed: int = 0) -> Stage:
+    def derived_vector(self, formula: str, vectors: list[Stage], seed: int = 0, scales: dict | None = None) -> Stage:
         """A vector made from saved skill vectors, as a stage: "random" (the first vector's norm in every tensor,
-        random direction: the control for v) or "sum" (the vectors added: composition across benchmarks)."""
-        if formula not in ("random", "sum"):
-            raise ValueError(f"unknown derived vector {formula!r}: 'random' or 'sum'")
+        random direction: the control for v), "sum" (the vectors added: composition across benchmarks) or
+        "groups" (the first vector with a λ per module group, `scales`: attention, mlp, rest)."""
+        if formula not in ("random", "sum", "groups"):
+            raise ValueError(f"unknown derived vector {formula!r}: 'random', 'sum' or 'groups'")
 
         def build(tmp: Path):
             vs = [SkillVector.load(v.path / VECTOR_FILE) for v in vectors]
+            made = {"random": lambda: vs[0].random_like(seed), "sum": lambda: sum(vs),
+                    "groups": lambda: vs[0].scaled_by_group(scales)}[formula]
             with warnings.catch_warnings():  # a zero input vector is flagged where it was made (`vector`)
                 warnings.simplefilter("ignore", DegenerateWarning)
-                (vs[0].random_like(seed) if formula == "random" else sum(vs)).save(tmp / VECTOR_FILE)
+                made().save(tmp / VECTOR_FILE)
 
-        return self.stage(f"{formula}-vector", {"vectors": [v.key for v in vectors], "control_seed": seed}, build,
-                          expect=(VECTOR_FILE,), code=("pastkit.skill_vector", "pastkit.checkpoint"))
+        key = {"vectors": [v.key for v in vectors], "control_seed": seed, **({"scales": scales} if scales else {})}
+        return self.stage(f"{formula}-vector", key, build, expect=(VECTOR_FILE,),
+                          code=("pastkit.skill_vector", "pastkit.checkpoint"))
 
     # -- Algorithm 1 ----------------------------------------------------------------------------------
     def distill(self) -> list[Round]:

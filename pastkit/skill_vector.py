@@ -251,6 +251,39 @@ class RandomLike:
         return _inputs(self.source)
 
 
+MODULE_GROUPS = ("attention", "mlp", "rest")
+
+
+def module_group(name: str) -> str:
+    """Which part of a transformer a tensor belongs to: "attention" (self_attn.*), "mlp" (mlp.*), or "rest"
+    (embeddings, norms, the LM head): the groups a per-group λ scales (the paper's λ limitation)."""
+    if ".self_attn." in name or ".attention." in name:
+        return "attention"
+    return "mlp" if ".mlp." in name else "rest"
+
+
+class GroupScaled:
+    """`source` with every tensor multiplied by the λ of its module group (`module_group`)."""
+
+    def __init__(self, source: TensorSource, scales: dict[str, float]):
+        unknown = set(scales) - set(MODULE_GROUPS)
+        if unknown or set(scales) != set(MODULE_GROUPS):
+            raise ValueError(f"group scales need exactly the groups {MODULE_GROUPS}, got {sorted(scales)}")
+        self.source, self.scales = source, {g: _finite_scalar(x, f"λ of {g}") for g, x in scales.items()}
+
+    def keys(self) -> list[str]:
+        return self.source.keys()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.source.get(name).float() * self.scales[module_group(name)]
+
+    def inputs(self) -> list:
+        return _inputs(self.source)
+
+
 class SkillVector:
     """A parameter delta with provenance. `v = SkillVector.extract(rl, sft)`; `v.apply_to(model, out, lam=1)`."""
 
@@ -341,6 +374,12 @@ class SkillVector:
         meta = {k: x for k, x in self.meta.items() if k not in ("norm", "formula")}
         formula = f"random like ({self.meta.get('formula')}), seed {seed}"
         return SkillVector(RandomLike(self.source, seed), {**meta, "formula": formula})
+
+    def scaled_by_group(self, scales: dict[str, float]) -> SkillVector:
+        """Each module group's part of this vector times its own λ (`GroupScaled`): {"attention", "mlp", "rest"}."""
+        meta = {k: x for k, x in self.meta.items() if k not in ("norm", "formula")}
+        formula = f"({self.meta.get('formula')}) scaled per group {scales}"
+        return SkillVector(GroupScaled(self.source, scales), {**meta, "formula": formula})
 
     def save(self, path, dtype: torch.dtype = torch.float32, force: bool = False) -> Path:
         """Stream the vector to one safetensors file with provenance metadata (fp32 by default: exact)."""

@@ -148,11 +148,21 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     assert f3["Target SFT %"].between(0, 100).all() and f3["PaST %"].between(0, 100).all()
     prov = json.loads((tools / "fig3_toolbench.csv.provenance.json").read_text())
     assert prov["judge"]["solution_judge"] == "grounded" and prov["categories"] == ["Text_Analysis"]
-    for name in ("table4_transfer.csv", "table4_transfer.md", "table4_transfer.png", "controls_squad.csv",
+    for name in ("table3_iterative.csv", "table3_iterative.md", "table3_iterative.png", "table4_transfer.csv",
+                 "table4_transfer.md", "table4_transfer.png", "controls_squad.csv",
                  "controls_squad.png", "lambda_validation_squad.csv", "lambda_test_squad.csv"):
         assert (ablations / name).stat().st_size > 0, name
+    t3 = pd.read_csv(ablations / "table3_iterative.csv")
+    assert list(t3.method) == ["Target SFT", "1 round (N = 2)", "1 round (N = 4)", "2 rounds (N = 2)"]
+    steps = {r["variant"]: r for r in json.loads((ablations / "table3_iterative.csv.provenance.json").read_text())
+             ["steps"]}
+    assert steps["1 round (N = 4)"]["GRPO steps"] == steps["2 rounds (N = 2)"]["GRPO steps"]  # equal RL steps
+    assert steps["1 round (N = 4)"]["source documents"] == steps["2 rounds (N = 2)"]["source documents"] == 4
     t4 = pd.read_csv(ablations / "table4_transfer.csv")
     assert list(t4.method) == ["Target SFT", "Post-hoc composition (PaST)", "Pre-injection", "Sequential fine-tuning"]
+    groups = pd.read_csv(ablations / "lambda_groups_validation_squad.csv")
+    assert set(groups.group) == {"attention", "mlp", "rest"} and groups.chosen.any()
+    assert len(pd.read_csv(ablations / "lambda_groups_test_squad.csv")) == 3
     lam = pd.read_csv(ablations / "lambda_validation_squad.csv")
     assert list(lam.lam) == [0.0, 0.5, 1.0, 1.5, 2.0] and lam.chosen.sum() == 1
     for name in ("table2_loogle.csv", "table2_loogle.md", "table2_loogle.png", "fig2_loogle_sft_rl.png",

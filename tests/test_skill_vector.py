@@ -133,3 +133,21 @@ def test_random_control_has_the_norm_of_v_in_every_tensor_and_no_direction_of_it
             assert abs(float(cos)) < 0.2, k  # a random direction: nearly orthogonal to v
     r.save(tmp_path / "r.safetensors")
     assert SkillVector.load(tmp_path / "r.safetensors").meta["formula"] == "random like (rl - sft), seed 0"
+
+
+def test_group_scaling_multiplies_each_module_group_by_its_own_lambda(trio):
+    from pastkit.skill_vector import module_group
+
+    sft_dir, rl_dir, *_ = trio
+    v = SkillVector.extract(rl_dir, sft_dir)
+    scales = {"attention": 0.5, "mlp": 2.0, "rest": 0.0}
+    g = v.scaled_by_group(scales)
+    groups = {module_group(k) for k in v.keys()}
+    assert groups == {"attention", "mlp", "rest"}  # the fixture has all three
+    for k in v.keys():
+        assert torch.equal(g.get(k), v.get(k) * scales[module_group(k)]), k
+    assert module_group("model.layers.0.self_attn.q_proj.weight") == "attention"
+    assert module_group("model.layers.3.mlp.down_proj.weight") == "mlp"
+    assert module_group("model.embed_tokens.weight") == module_group("model.norm.weight") == "rest"
+    with pytest.raises(ValueError, match="exactly the groups"):
+        v.scaled_by_group({"attention": 1.0})
