@@ -170,6 +170,7 @@ class ToolbenchParams(PastParams):
     stage2_epochs: int = 1                      # format alignment (paper Table 15: 3)
     stage2_lr: float = 2e-4                     # (paper Table 15: 2e-5; cpu: chosen on Movies, README)
     alignment_apis: int = 0                     # APIs per domain given Stage 2 ReAct examples (0: all; paper: all)
+    stage2_replay: bool = False                 # Stage 2 also replays Stage 1's pairs (against forgetting; kit's)
     tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
     tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
     max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; cpu: time)
@@ -304,7 +305,7 @@ class Toolbench:
                 stage1.append(_pair(PAIR_PROMPTS["B"].format(intent=_intent(api)), f"The API is {n}. {d}"))
             stage1.append(_pair(PAIR_PROMPTS["C"].format(intent=_intent(api)), schema))
             stage1.append(_pair(PAIR_PROMPTS["D"].format(name=n), schema))
-        stage2 = alignment_records(tools, names, p.alignment_apis, engine.seed)
+        stage2 = alignment_records(tools, names, p.alignment_apis, engine.seed) + (stage1 if p.stage2_replay else [])
         return [SFTPhase("stage1/knowledge", stage1, SFTSpec(p.stage1_epochs, p.stage1_lr, p.tool_sft_batch, 1,
                                                               p.tool_sft_max_len)),
                 SFTPhase("stage2/react", stage2, SFTSpec(p.stage2_epochs, p.stage2_lr, p.tool_sft_batch, 1,
