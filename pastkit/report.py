@@ -56,8 +56,11 @@ def provenance(params, notebook: str, **extra) -> dict:
 
 
 def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:
-    """Save a matplotlib figure as <results>/<name>.png, captioned with what produced it, with provenance."""
-    fig.text(0.0, -0.01, params.caption(), fontsize=7, color="#555555", va="top", transform=fig.transFigure)
+    """Save a matplotlib figure as <results>/<name>.png, captioned with what produced it (unless its suptitle
+    already says it), with provenance."""
+    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    if params.caption() not in title:  # a figure that already carries the caption (as its suptitle) gets no second
+        fig.text(0.0, -0.01, params.caption(), fontsize=7, color="#555555", va="top", transform=fig.transFigure)
     path = results_folder(params) / f"{name}.png"
     with atomic_output(path, force=True, provenance=provenance(params, notebook, **extra)) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")

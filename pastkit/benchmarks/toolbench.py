@@ -507,7 +507,7 @@ def plot_fig3(table: pd.DataFrame, caption: str):
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title("ToolBench closed-book, Fig. 3: Target SFT vs PaST (skill vector from the source category)",
                  fontsize=9)
-    fig.suptitle(caption, fontsize=7, y=-0.05, va="top")  # below the caption save_figure adds
+    fig.suptitle(caption, fontsize=7, y=0.0, va="top")
     fig.tight_layout()
     return fig
 
