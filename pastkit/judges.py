@@ -85,6 +85,35 @@ def contains_gold(gold: str, pred: str) -> float:
 STRICT_METRICS = {"contains": contains_gold, "exact": exact_match}
 
 
+def read_cache(path: Path, value, log) -> dict:
+    """{key: value(record)} from an append-only JSONL cache; a damaged line (a crash or a full disk mid-write) is
+    skipped and reported, so its entry is asked again."""
+    out = {}
+    if not path.exists():
+        return out
+    for i, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[rec["key"]] = value(rec)
+        except (ValueError, KeyError, TypeError):
+            log(f"{path}: line {i} is damaged and was skipped (its entry will be asked again)")
+    return out
+
+
+def append_to_cache(path: Path, record: dict) -> None:
+    """Append one record to a JSONL cache, synced to disk before returning; never glued to a damaged last line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+            f.write(b"\n")
+        f.write((json.dumps(record) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class TokenF1Judge:
     """Deterministic question-aware token F1 (see module docstring)."""
 
@@ -136,17 +165,7 @@ class LLMJudge:
         self._read_cache(log or (lambda msg: warnings.warn(msg, stacklevel=3)))
 
     def _read_cache(self, log) -> None:
-        """Load cached verdicts; a damaged line (a crash or a full disk mid-write) is skipped and reported."""
-        if not self.cache_path.exists():
-            return
-        for i, line in enumerate(self.cache_path.read_bytes().decode("utf-8", "replace").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                self.cache[rec["key"]] = float(rec["score"])
-            except (ValueError, KeyError, TypeError):
-                log(f"{self.cache_path}: line {i} is damaged and was skipped (its verdict will be asked again)")
+        self.cache.update(read_cache(self.cache_path, lambda rec: float(rec["score"]), log))
 
     def _key(self) -> str | None:
         return os.environ.get("PASTKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -162,14 +181,7 @@ class LLMJudge:
         if word not in (yes, no):
             raise JudgeError(f"judge {self.model} replied {reply[:80]!r}, not {self.prompt.yes}/{self.prompt.no}")
         score = 1.0 if word == yes else 0.0
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.cache_path, "ab+") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-                f.write(b"\n")  # never glue a verdict to a damaged last line
-            f.write((json.dumps({"key": key, "score": score, "reply": reply[:20]}) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
+        append_to_cache(self.cache_path, {"key": key, "score": score, "reply": reply[:20]})
         self.cache[key] = score
         return score
 

@@ -58,8 +58,7 @@ def provenance(params, notebook: str, **extra) -> dict:
 def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:
     """Save a matplotlib figure as <results>/<name>.png, captioned with what produced it (unless its suptitle
     already says it), with provenance."""
-    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
-    if params.caption() not in title:  # a figure that already carries the caption (as its suptitle) gets no second
+    if params.caption() not in fig.get_suptitle():  # the caption once, even if the plot's suptitle carries it
         fig.text(0.0, -0.01, params.caption(), fontsize=7, color="#555555", va="top", transform=fig.transFigure)
     path = results_folder(params) / f"{name}.png"
     with atomic_output(path, force=True, provenance=provenance(params, notebook, **extra)) as tmp:

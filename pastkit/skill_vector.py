@@ -266,8 +266,7 @@ class GroupScaled:
     """`source` with every tensor multiplied by the λ of its module group (`module_group`)."""
 
     def __init__(self, source: TensorSource, scales: dict[str, float]):
-        unknown = set(scales) - set(MODULE_GROUPS)
-        if unknown or set(scales) != set(MODULE_GROUPS):
+        if set(scales) != set(MODULE_GROUPS):
             raise ValueError(f"group scales need exactly the groups {MODULE_GROUPS}, got {sorted(scales)}")
         self.source, self.scales = source, {g: _finite_scalar(x, f"λ of {g}") for g, x in scales.items()}
 

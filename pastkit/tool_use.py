@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # Table 16, verbatim: the agent's system prompt. {api_names} is the comma-separated list of function names.
 AGENT_PROMPT = (
@@ -221,9 +220,13 @@ class RulesSimulator:
         return {"simulator": self.name}
 
     def call(self, name: str, args: dict) -> Outcome:
+        """A call checked against the API's schema first (both simulators), then answered (`answer`)."""
         api = self.apis[name]
         if err := validate_call(api, args):
             return Outcome("failed", json.dumps({"error": err, "response": None}))
+        return self.answer(name, api, args)
+
+    def answer(self, name: str, api: dict, args: dict) -> Outcome:
         seed = hashlib.sha256(f"{name}\n{json.dumps(args, sort_keys=True)}".encode()).hexdigest()
         response = _fill(api.get("template_response"), args, seed, name)
         return Outcome("success", json.dumps({"error": "", "response": response}, ensure_ascii=False)[:1500], response)
@@ -241,7 +244,7 @@ def _fill(template, args: dict, seed: str, path: str):
         return h % 1000 if template == "int" else round((h % 100000) / 100, 2)
     if template == "bool":
         return bool(h % 2)
-    if template in ("str", None) or isinstance(template, str):
+    if template is None or isinstance(template, str):
         key = path.lower()
         echo = next((str(v) for k, v in args.items() if k.lower() in key or key in k.lower()), None)
         return echo if echo is not None else f"{path}-{h % 100000:05d}"
@@ -262,10 +265,7 @@ class LLMSimulator(RulesSimulator):
     def describe(self) -> dict:
         return {"simulator": self.name, **self.endpoint.describe(), "prompt": "paper Table 17"}
 
-    def call(self, name: str, args: dict) -> Outcome:
-        api = self.apis[name]
-        if err := validate_call(api, args):
-            return Outcome("failed", json.dumps({"error": err, "response": None}))
+    def answer(self, name: str, api: dict, args: dict) -> Outcome:
         doc = {"name": name, "method": api.get("method"), "description": api["api_description"],
                "required_parameters": api["required_parameters"], "optional_parameters": api["optional_parameters"]}
         examples = json.dumps(api.get("template_response"))[:2048]
@@ -286,18 +286,12 @@ class CachedEndpoint:
     """Free-text replies from the LLM judge's endpoint (same environment variables, redirect refusal, retries
     and deadline), cached on disk by prompt so a rerun asks nothing twice. The key is never written."""
 
-    def __init__(self, purpose: str):
-        from .judges import LLMJudge
+    def __init__(self, purpose: str, log=None):
+        from .judges import LLMJudge, read_cache
         self.client = LLMJudge()
         self.path = self.client.cache_path.with_name(f"{self.client.cache_path.stem}.{purpose}.jsonl")
-        self.cache = {}
-        if self.path.exists():
-            for line in self.path.read_text(errors="replace").splitlines():
-                try:
-                    rec = json.loads(line)
-                    self.cache[rec["key"]] = rec["reply"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a damaged line: that reply is asked again
+        self.cache = read_cache(self.path, lambda rec: str(rec["reply"]),
+                                log or (lambda msg: warnings.warn(msg, stacklevel=3)))
 
     def describe(self) -> dict:
         return {"model": self.client.model, "url": self.client.url}
@@ -305,12 +299,9 @@ class CachedEndpoint:
     def ask(self, system: str, user: str, max_tokens: int) -> str:
         key = hashlib.sha256(f"{self.client.model}\n{system}\n{user}\n{max_tokens}".encode()).hexdigest()
         if key not in self.cache:
+            from .judges import append_to_cache
             reply = self.client.ask(user, max_tokens=max_tokens, system=system)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"key": key, "reply": reply}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_to_cache(self.path, {"key": key, "reply": reply})
             self.cache[key] = reply
         return self.cache[key]
 
@@ -470,22 +461,26 @@ def task_messages(task: Task) -> list[dict]:
     return [{"role": "system", "content": agent_prompt(list(task.api_names))}, {"role": "user", "content": task.query}]
 
 
-def _observation_piece(tok, observation: str, model_ended: bool) -> str:
-    """The text the chat template puts between an assistant turn and the next one, carrying an observation:
-    the end of the assistant message (minus the end token if the model generated it), the user message
-    'Observation: ...', and the next assistant header."""
+def observation_piece(tok):
+    """A function (observation, model_ended) -> the text the chat template puts between an assistant turn and the
+    next one: the end of the assistant message (minus the end token if the model generated it), the user message
+    'Observation: ...', and the next assistant header. The template is rendered once, here."""
     if not tok.chat_template:
-        return f"\nObservation: {observation}\n"
+        return lambda observation, model_ended: f"\nObservation: {observation}\n"
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     head = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     done = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "A"}], tokenize=False)
     nxt = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "A"},
                                           {"role": "user", "content": "\x00"}], tokenize=False,
                                   add_generation_prompt=True)
-    end = done[len(head) + 1:]
-    if model_ended and tok.eos_token and end.startswith(tok.eos_token):
-        end = end[len(tok.eos_token):]
-    return end + nxt[len(done):].replace("\x00", f"Observation: {observation}")
+    end, user = done[len(head) + 1:], nxt[len(done):]
+    eos = tok.eos_token or ""
+
+    def piece(observation: str, model_ended: bool) -> str:
+        tail = end[len(eos):] if model_ended and eos and end.startswith(eos) else end
+        return tail + user.replace("\x00", f"Observation: {observation}")
+
+    return piece
 
 
 def prompt_ids(tok, task: Task) -> list[int]:
@@ -506,13 +501,14 @@ def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int
     eos = tok.eos_token_id
     sample = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None) if temperature > 0 \
         else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    for _ in range(max_turns):
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    observation = observation_piece(tok)
+    for turn in range(1, max_turns + 1):
         live = [e for e in episodes if not e.finished]
         for i in range(0, len(live), batch_size):
             batch = live[i:i + batch_size]
             ctx = [e.prompt_ids + e.completion_ids for e in batch]
             width = max(map(len, ctx))
-            pad = tok.pad_token_id if tok.pad_token_id is not None else eos
             ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx])
             mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx])
             with torch.no_grad():
@@ -533,8 +529,8 @@ def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int
                 e.completion_ids += gen
                 e.env_mask += [1] * len(gen)
                 e.logprobs += [float(x) for x in logps[j, :n].nan_to_num(0.0, neginf=-1e4)]
-                if outcome.kind != "finish":
-                    piece = tok(_observation_piece(tok, outcome.observation, bool(gen) and gen[-1] == eos),
+                if outcome.kind != "finish" and turn < max_turns:  # no observation after the last turn
+                    piece = tok(observation(outcome.observation, bool(gen) and gen[-1] == eos),
                                 add_special_tokens=False)["input_ids"]
                     e.completion_ids += piece
                     e.env_mask += [0] * len(piece)
@@ -543,9 +539,3 @@ def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int
         e.status = judge.status(e.query, e)
     return episodes
 
-
-def save_episodes(episodes: list[Episode], path: Path) -> None:
-    """Trajectories for reading (the notebook's viewer): text, statuses and rewards, no token ids."""
-    path.write_text(json.dumps([{"query": e.query, "status": e.status, "finished": e.finished,
-                                 "reward": round(e.reward(), 3), "turns": len(e.turns),
-                                 "trajectory": e.trajectory()} for e in episodes], indent=1, ensure_ascii=False))

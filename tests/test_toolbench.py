@@ -273,3 +273,29 @@ def test_llm_simulator_and_solution_judge_read_their_replies():
     assert judge.status("q", e) == "Partially Solved" and "<Target_Query> q </Target_Query>" in judge.endpoint.asked[0]
     with pytest.raises(JudgeError, match="no answer_status"):
         LLMSolutionJudge(endpoint=Endpoint("Solved!")).status("q", e)
+
+
+def test_an_episode_cut_at_the_turn_limit_ends_with_the_model_s_tokens(tmp_path):
+    from pastkit.generation import load_model
+    from pastkit.models import make_tiny_model
+
+    _, tok = load_model(make_tiny_model(tmp_path / "tiny"))
+    model = Scripted(tok, ['Thought: a\nAction: get_movie_for_film_db\nAction Input: {"movie_id": 7}'])
+    [e] = run_episodes(model, tok, [Task("which movie?", (NAME,), (NAME,))], RulesSimulator(TOOLS),
+                       RulesSolutionJudge(), max_turns=2, max_new_tokens=64, temperature=0)
+    assert len(e.turns) == 2 and not e.finished and e.termination_reward() == TURN_LIMIT_PENALTY
+    assert e.env_mask[-1] == 1 and e.env_mask.count(0) > 0  # one observation between the turns, none after
+
+
+def test_endpoint_cache_skips_and_reports_a_damaged_line(tmp_path, monkeypatch):
+    from pastkit.tool_use import CachedEndpoint
+
+    monkeypatch.setenv("PASTKIT_JUDGE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("PASTKIT_JUDGE_MODEL", "m")
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    path = tmp_path / "judge-cache" / "m.simulator.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"key": "a", "reply": "{}"}\n{"key": "b", "rep\n')
+    seen = []
+    endpoint = CachedEndpoint("simulator", log=seen.append)
+    assert endpoint.cache == {"a": "{}"} and len(seen) == 1 and "line 2 is damaged" in seen[0]

@@ -312,14 +312,15 @@ class Toolbench:
                                                           p.tool_sft_max_len))]
 
     # -- RL (F.3) ---------------------------------------------------------------------------------------
-    def tasks(self, p: ToolbenchParams, queries: list[dict]) -> list[Task]:
+    @staticmethod
+    def tasks(queries: list[dict]) -> list[Task]:
         return [Task(q["query"], tuple(q["apis"]), tuple(q["relevant"])) for q in queries]
 
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
         """Multi-turn GRPO on the source queries: each rollout is a full episode (`tool_use.run_episodes`);
         rewards are F.3.1's three parts, each a reward function so trl logs them apart and sums them."""
         p = engine.p
-        tasks = self.tasks(p, domain.data["queries"])
+        tasks = self.tasks(domain.data["queries"])
         by_query = {t.query: t for t in tasks}
         simulator = make_simulator(p.simulator, self.data(p)["tools"])
         judge = engine.judge
@@ -339,16 +340,13 @@ class Toolbench:
                     "termination_part": [e.termination_reward() for e in episodes],
                     "solution_part": [e.solution_reward() for e in episodes]}
 
-        def format_reward(prompts, completions, format_part, **_):
-            return list(format_part)
+        def reward_of(part: str):  # the rollout's per-episode value of one part, under the name trl logs it by
+            def reward(prompts, completions, **columns):
+                return list(columns[f"{part}_part"])
+            reward.__name__ = f"{part}_reward"
+            return reward
 
-        def termination_reward(prompts, completions, termination_part, **_):
-            return list(termination_part)
-
-        def solution_reward(prompts, completions, solution_part, **_):
-            return list(solution_part)
-
-        return RLTask([task_messages(t) for t in tasks], [format_reward, termination_reward, solution_reward],
+        return RLTask([task_messages(t) for t in tasks], [reward_of(x) for x in ("format", "termination", "solution")],
                       rollout_func=rollout,
                       describe={"prompt": "paper Table 16", "rewards": "F.3.1", "max_turns": p.max_turns,
                                 "simulator": simulator.describe(), "judge": judge.describe()})
@@ -366,7 +364,7 @@ class Toolbench:
         model_, tok = model.load()
         import torch
         torch.manual_seed(engine.seed)
-        tasks = [t for t in self.tasks(p, queries) for _ in range(p.eval_runs)]
+        tasks = [t for t in self.tasks(queries) for _ in range(p.eval_runs)]
         episodes = run_episodes(model_, tok, tasks, simulator, engine.judge, p.max_turns, p.rl_max_new_tokens,
                                 p.eval_temperature, p.rl_top_p, p.rl_top_k)
         rows = []
