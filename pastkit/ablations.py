@@ -5,6 +5,8 @@
   each the engine's `adapt` with one of `past.STRATEGIES`.
 * Controls: the target model plus −λ·v and plus a random vector with v's norm in every tensor, beside +λ·v.
   If they help as much as v, the skill vector's direction is not what helps.
+* Composition: the skill vectors of two benchmarks added together, scored on each benchmark beside each vector
+  alone, so interference is measured rather than assumed.
 * λ: chosen on a validation split (the target SFT of validation documents plus λ·v, for each λ of a grid), then
   reported on the test split beside λ = 1; never chosen on test. Likewise a λ per module group (attention, MLP,
   the rest), by coordinate search on validation.
@@ -22,7 +24,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .benchmarks.squad import SquadParams, _domain, load_passages
-from .evaluation import summarize, verdict
+from .config import PastParams, load_profile
+from .evaluation import paired_difference, summarize, verdict
 from .judges import STRICT_METRICS
 from .past import STRATEGIES, Domain, Engine, Round, Study
 from .skill_vector import MODULE_GROUPS
@@ -102,6 +105,41 @@ def controls(engine: Engine, unit: Domain, source: Round, seeds: tuple[int, ...]
                      ignore_index=True)
 
 
+def companion_params(cls: type[PastParams], params: PastParams) -> PastParams:
+    """Another notebook's parameters in the same profile (params/<profile>.yaml over that notebook's defaults),
+    with this notebook's model, seeds, λ, judge and vLLM switch: the configuration whose stages that notebook
+    trained, so they are read back, not trained again."""
+    try:
+        values = load_profile(params.profile)
+    except FileNotFoundError:
+        raise ValueError(f"profile {params.profile!r}: the composition reads the other benchmark's parameters from "
+                         f"params/{params.profile}.yaml, which does not exist") from None
+    shared = {k: getattr(params, k) for k in ("profile", "model", "seeds", "lam", "judge", "use_vllm")}
+    return cls.from_profile({**values, **shared})
+
+
+def composition(sides: dict[str, tuple[Engine, Domain, Round]]) -> pd.DataFrame:
+    """Two benchmarks' skill vectors, each side's (engine, target unit, last source round): on each side's
+    target unit, θ_T; θ_T + λ·v_own (PaST); θ_T + λ·v_other; θ_T + λ·(v_own + v_other). Answers of every
+    model, with a `benchmark` column. The vectors must come from the same base model."""
+    if len(sides) != 2:
+        raise ValueError(f"composition of two benchmarks' vectors, got {list(sides)}")
+    if len({str(e.base_key) for e, _, _ in sides.values()}) != 1:
+        raise ValueError(f"the skill vectors of {list(sides)} come from different base models; they do not add")
+    vectors = {name: source.vector for name, (_, _, source) in sides.items()}
+    frames = []
+    for name, (engine, unit, _) in sides.items():
+        [other] = [n for n in sides if n != name]
+        lam, target = engine.p.lam, engine.adapt(unit, "target_sft")
+        both = engine.derived_vector("sum", sorted(vectors.values(), key=lambda v: v.key))  # one stage for both
+        models = {TARGET: target, own_label(name): engine.model_of(target.stage, vectors[name], lam),
+                  f"+ λ·v_{other}": engine.model_of(target.stage, vectors[other], lam),
+                  f"+ λ·(v_{name} + v_{other})": engine.model_of(target.stage, both, lam)}
+        frames += [engine.answers(m, unit).assign(method=method, seed=engine.seed, benchmark=name)
+                   for method, m in models.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
 def choose_lambda(engine: Engine, validation: Domain, source: Round, grid: list[float]) -> pd.DataFrame:
     """Mean validation score of target SFT + λ·v for each λ of `grid`; the chosen λ is the best (ties: nearest 1)."""
     target = engine.adapt(validation, "target_sft").stage
@@ -166,9 +204,10 @@ def lambda_on_test(engine: Engine, unit: Domain, source: Round, chosen: float) -
                      ignore_index=True)
 
 
-def table(answers: pd.DataFrame) -> pd.DataFrame:
-    """Rows per method: score and strict metrics with intervals over documents, paired against Target SFT."""
-    return summarize(answers, baseline=TARGET, metrics=METRICS)
+def table(answers: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows per method (within each `by` group): score and strict metrics with intervals over documents, paired
+    against Target SFT. Strict metrics a benchmark does not score are left out."""
+    return summarize(answers, baseline=TARGET, metrics=tuple(m for m in METRICS if m in answers), by=by)
 
 
 def markdown(t: pd.DataFrame, judge: str, caption: str) -> str:
@@ -178,32 +217,63 @@ def markdown(t: pd.DataFrame, judge: str, caption: str) -> str:
                                               f"{r.score_vs_baseline_ci_high:+.1f}]")
         rows.append({"method": r.method, f"{judge} % [95% CI]": f"{r.score:.1f} [{r.score_ci_low:.1f}, "
                      f"{r.score_ci_high:.1f}]", "vs Target SFT [95% CI]": diff,
-                     "contains gold %": f"{r.contains:.1f}", "exact %": f"{r.exact:.1f}",
+                     **{label: f"{getattr(r, m):.1f}" for m, label in (("contains", "contains gold %"),
+                                                                       ("exact", "exact %")) if hasattr(r, m)},
                      "questions / documents": f"{r.n_items} / {r.n_documents}"})
     return f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n{caption}"
 
 
+def composition_table(answers: pd.DataFrame) -> pd.DataFrame:
+    """`table` per benchmark, plus each row's paired difference to that benchmark's own vector alone (PaST),
+    with its interval over documents: the interference of adding the other benchmark's vector."""
+    t = table(answers, by=("benchmark",))
+    diffs = []
+    for r in t.itertuples():
+        g = answers[answers.benchmark == r.benchmark]
+        per_item = g.groupby(["method", "item"], sort=False).agg(score=("score", "mean"),
+                                                                 document=("document", "first"))
+        x, own = per_item.loc[r.method], per_item.loc[own_label(r.benchmark)]
+        diffs.append([100 * v for v in paired_difference(x["score"], own["score"].reindex(x.index), x["document"])])
+    t[["score_vs_own", "score_vs_own_ci_low", "score_vs_own_ci_high"]] = diffs
+    return t.round(2)
+
+
+def own_label(benchmark: str) -> str:
+    return f"+ λ·v_{benchmark} (PaST)"
+
+
+def markdown_by(t: pd.DataFrame, judges: dict[str, str], caption: str) -> str:
+    """`markdown` for a table with a `benchmark` column: one block per benchmark, each with its judge."""
+    blocks = [f"**Scored on {b}**\n\n" + markdown(g, judges[b], "").rstrip()
+              for b, g in t.groupby("benchmark", sort=False)]
+    return "\n\n".join(blocks) + f"\n\n{caption}"
+
+
 def plot(t: pd.DataFrame, title: str, caption: str):
-    """Paired difference to Target SFT per method, with intervals."""
+    """Paired difference to Target SFT per method, with intervals; one panel per benchmark if `t` has several."""
     import matplotlib.pyplot as plt
 
-    rows = t[t.method != TARGET]
-    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.45 * len(rows)))
-    y = list(range(len(rows)))[::-1]
-    ax.errorbar(rows.score_vs_baseline, y, xerr=[rows.score_vs_baseline - rows.score_vs_baseline_ci_low,
-                                                 rows.score_vs_baseline_ci_high - rows.score_vs_baseline],
-                fmt="o", color="#b2182b", capsize=3)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_yticks(y, rows.method)
-    ax.set_xlabel("paired difference to Target SFT (points, 95% CI over documents)")
-    ax.set_title(title, fontsize=10)
+    groups = list(t.groupby("benchmark", sort=False)) if "benchmark" in t else [("", t)]
+    n = max(len(g[g.method != TARGET]) for _, g in groups)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8, len(groups) * (0.9 + 0.45 * n)), squeeze=False)
+    for ax, (name, g) in zip(axes[:, 0], groups):
+        rows = g[g.method != TARGET]
+        y = list(range(len(rows)))[::-1]
+        ax.errorbar(rows.score_vs_baseline, y, xerr=[rows.score_vs_baseline - rows.score_vs_baseline_ci_low,
+                                                     rows.score_vs_baseline_ci_high - rows.score_vs_baseline],
+                    fmt="o", color="#b2182b", capsize=3)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(y, rows.method)
+        ax.set_title(f"{title}{f', scored on {name}' if name else ''}", fontsize=10)
+    axes[-1, 0].set_xlabel("paired difference to Target SFT (points, 95% CI over documents)")
     fig.suptitle(caption, fontsize=8, y=0.0, va="top")
     fig.tight_layout()
     return fig
 
 
 def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame,
-               groups_on_test: pd.DataFrame | None = None, table3: pd.DataFrame | None = None) -> str:
+               groups_on_test: pd.DataFrame | None = None, table3: pd.DataFrame | None = None,
+               composed: pd.DataFrame | None = None) -> str:
     """One line per claim, from the numbers."""
     def diff(t, method):
         r = t.set_index("method").loc[method]
@@ -236,4 +306,10 @@ def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, 
         m = groups_on_test.method.iloc[-1]
         d, v = diff(groups_on_test, m)
         lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
+    for bench, g in composed.groupby("benchmark", sort=False) if composed is not None else []:
+        own, both = g[g.method == own_label(bench)].iloc[0], g.iloc[-1]
+        lines.append(f"Composition, scored on {bench}: {both.method} {both.score:.1f}, {own.method} {own.score:.1f}; "
+                     f"the difference {both.score_vs_own:+.1f} [{both.score_vs_own_ci_low:+.1f}, "
+                     f"{both.score_vs_own_ci_high:+.1f}] points is the other vector's interference: "
+                     f"{verdict(both.score_vs_own, both.score_vs_own_ci_low, both.score_vs_own_ci_high)}.")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import load_dir
 
+from pastkit import ablations
 from pastkit.config import PastParams
 from pastkit.knowledge import SFTSpec
 from pastkit.past import STRATEGIES, Domain, SFTPhase, Study, get_strategy
@@ -148,3 +149,25 @@ def test_a_degenerate_run_is_flagged(runs):
 
     study = Study.run(Flat(), ToyParams(rounds=1, rl_beta=0.0), log=lambda *_: None)
     assert any("never varied" in f for f in study.flags) and any("exactly zero" in f for f in study.flags)
+
+
+def test_composition_scores_two_benchmarks_vectors_alone_and_added(runs):
+    class Other(Toy):
+        name = "other"
+
+        def source_rounds(self, p):
+            return [Domain("source 2", DOCS["source 2"], "source 2")]
+
+    a = Study.run(Toy(), ToyParams(rounds=1), log=lambda *_: None)
+    b = Study.run(Other(), ToyParams(rounds=1), log=lambda *_: None)
+    target = Domain("target", DOCS["target"], "target")
+    (va,), (vb,) = a.rounds[0], b.rounds[0]
+    answers = ablations.composition({"A": (a.engines[0], target, va), "B": (b.engines[0], target, vb)})
+    assert list(answers.groupby(["benchmark", "method"], sort=False).size().index) == [
+        ("A", "Target SFT"), ("A", "+ λ·v_A (PaST)"), ("A", "+ λ·v_B"), ("A", "+ λ·(v_A + v_B)"),
+        ("B", "Target SFT"), ("B", "+ λ·v_B (PaST)"), ("B", "+ λ·v_A"), ("B", "+ λ·(v_B + v_A)")]
+    [summed] = runs.glob("sum-vector-*")  # one vector serves both sides
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(load_dir(summed)[k], load_dir(va.vector.path)[k] + load_dir(vb.vector.path)[k], atol=1e-6)
+    t = ablations.composition_table(answers)
+    assert (t[t.method.str.endswith("(PaST)")].score_vs_own == 0).all()

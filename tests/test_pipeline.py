@@ -163,6 +163,12 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     groups = pd.read_csv(ablations / "lambda_groups_validation_squad.csv")
     assert set(groups.group) == {"attention", "mlp", "rest"} and groups.chosen.any()
     assert len(pd.read_csv(ablations / "lambda_groups_test_squad.csv")) == 3
+    comp = pd.read_csv(ablations / "composition.csv")  # SQuAD + LooGLE vectors, on each benchmark
+    assert list(comp.benchmark) == ["SQuAD"] * 4 + ["LooGLE"] * 4
+    assert list(comp.method[:4]) == ["Target SFT", "+ λ·v_SQuAD (PaST)", "+ λ·v_LooGLE", "+ λ·(v_SQuAD + v_LooGLE)"]
+    assert (comp[comp.method.str.contains("PaST")].score_vs_own == 0).all() and (ablations / "composition.png").exists()
+    prov = json.loads((ablations / "composition.csv.provenance.json").read_text())
+    assert prov["loogle_params"] == LoogleParams.from_profile(smoke).as_dict()  # 03's study: its stages, reused
     lam = pd.read_csv(ablations / "lambda_validation_squad.csv")
     assert list(lam.lam) == [0.0, 0.5, 1.0, 1.5, 2.0] and lam.chosen.sum() == 1
     for name in ("table2_loogle.csv", "table2_loogle.md", "table2_loogle.png", "fig2_loogle_sft_rl.png",

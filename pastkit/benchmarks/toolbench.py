@@ -266,6 +266,15 @@ class Toolbench:
         random.Random(0).shuffle(qs)
         return [self._domain(p, p.source_category, qs[:p.rl_prompts])]
 
+    def validation_unit(self, p: ToolbenchParams) -> Domain:
+        """Source-category queries RL does not use, the `max_queries` that list the fewest APIs (by cost, as the
+        cpu targets): a domain trained and scored like a target's, where settings are chosen without looking at
+        any target query."""
+        used = {q["query_id"] for q in self.source_rounds(p)[0].data["queries"]}
+        held = [q for q in self.category_queries(p, p.source_category) if q["query_id"] not in used]
+        held = sorted(held, key=lambda q: len(q["apis"]))[:p.max_queries or None]  # stable: file order breaks ties
+        return self._domain(p, f"{p.source_category} (validation)", held)
+
     def target_units(self, p: ToolbenchParams) -> list[Domain]:
         """One unit per target category: its first `max_queries` queries (file order) and the APIs they list."""
         return [self._domain(p, c, self.category_queries(p, c)[:p.max_queries or None]) for c in p.target_categories]
@@ -510,6 +519,21 @@ def plot_fig3(table: pd.DataFrame, caption: str):
     return fig
 
 
+def recall_rows(tools: dict, apis: list[str], model_and_tok) -> pd.DataFrame:
+    """Per API with required parameters: asked for its definition closed-book (type D prompt, greedy), the share
+    of its required parameter names the model writes (quoted, as JSON keys or values)."""
+    names = [n for n in apis if tools[n]["required_parameters"]]
+    outs = generate(None, [PAIR_PROMPTS["D"].format(name=n) for n in names], max_new_tokens=160, desc="recall",
+                    model_and_tok=model_and_tok)
+    rows = []
+    for n, o in zip(names, outs):
+        required = [q["name"] for q in tools[n]["required_parameters"]]
+        named = [r for r in required if f'"{r}"' in o[0]]
+        rows.append({"api": n, "required": ", ".join(required), "recalled": len(named) / len(required),
+                     "output": o[0][:300]})
+    return pd.DataFrame(rows, columns=["api", "required", "recalled", "output"])
+
+
 def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Does the knowledge SFT teach the tools? For every API with required parameters that a domain's SFT covered,
     the model is asked for its definition closed-book (type D prompt, greedy) and scored by the share of the
@@ -522,18 +546,9 @@ def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     domains = [(f"{source.domain.name} (source)", source.domain, engine.model_of(source.sft))]
     domains += [(unit.name, unit, engine.adapt(unit, "target_sft")) for unit in bench.target_units(p)]
     base = load_model(engine.base)
-    rows = []
-    for label, unit, model in domains:
-        names = [n for n in unit.data["apis"] if tools[n]["required_parameters"]]
-        prompts = [PAIR_PROMPTS["D"].format(name=n) for n in names]
-        for method, mt in (("Base", base), ("SFT", model.load())):
-            outs = generate(None, prompts, max_new_tokens=160, desc="recall", model_and_tok=mt)
-            for n, o in zip(names, outs):
-                required = [q["name"] for q in tools[n]["required_parameters"]]
-                named = [r for r in required if f'"{r}"' in o[0]]
-                rows.append({"domain": label, "api": n, "method": method, "required": ", ".join(required),
-                             "recalled": len(named) / len(required), "output": o[0][:300]})
-    per_api = pd.DataFrame(rows)
+    per_api = pd.concat([recall_rows(tools, unit.data["apis"], mt).assign(domain=label, method=method)
+                         for label, unit, model in domains for method, mt in (("Base", base), ("SFT", model.load()))],
+                        ignore_index=True)[["domain", "api", "method", "required", "recalled", "output"]]
     targets = per_api[~per_api.domain.str.endswith("(source)")]
     summary = []
     for label, g in [*per_api.groupby("domain", sort=False), ("All targets", targets)]:
@@ -545,6 +560,31 @@ def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
                         "SFT − Base [95% CI]": f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
                         "verdict": verdict(100 * d, 100 * lo, 100 * hi)})
     return pd.DataFrame(summary), per_api
+
+
+def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=print
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How SFT settings are chosen without target queries: for each named variant of the params, the two SFT
+    stages on the source category's validation unit (`Toolbench.validation_unit`), then closed-book episodes on
+    its queries and the parameter recall of its APIs, beside the base model's recall. Stages are cached like
+    any other. Returns (one row per variant, every episode)."""
+    bench, rows, frames = Toolbench(), [], []
+    for name, p in variants.items():
+        engine = Engine(bench, p, seed, log)
+        unit = bench.validation_unit(p)
+        model = engine.adapt(unit, "target_sft")
+        answers = engine.answers(model, unit, "validation").assign(method=name, seed=seed)
+        tools = bench.data(p)["tools"]
+        recall = recall_rows(tools, unit.data["apis"], model.load())["recalled"]
+        base = recall_rows(tools, unit.data["apis"], load_model(engine.base))["recalled"]
+        row = behaviour(answers).iloc[0].to_dict()
+        rows.append({"variant": name, "queries": len(unit.data["queries"]), "APIs": len(unit.data["apis"]),
+                     "success %": round(100 * answers["score"].mean(), 1),
+                     **{k: row[k] for k in ("finished %", "calls ok % of turns", "failed calls %", "bad format %",
+                                            "unknown API %", "mean reward")},
+                     "recall %": round(100 * recall.mean(), 1), "base recall %": round(100 * base.mean(), 1)})
+        frames.append(answers)
+    return pd.DataFrame(rows), pd.concat(frames, ignore_index=True)
 
 
 def trajectories(answers: pd.DataFrame, n: int = 2) -> str:

@@ -1,0 +1,34 @@
+"""How notebook 04's cpu SFT settings are chosen: on Movies queries RL does not use, never on target queries.
+
+    .venv/bin/python bench/toolbench_settings.py [--runs DIR]
+
+Each variant of the Stage 2 (ReAct alignment) settings is trained on the source category's validation unit
+(`Toolbench.validation_unit`: the held-out Movies queries listing the fewest APIs, with the same two SFT stages
+a target category gets) and scored as a target is: closed-book episodes (success = the solution reward), what
+the turns were, and how many of the APIs' required parameters the model still names (the knowledge Stage 1
+taught and Stage 2 can erase). Stages are cached in the runs folder ($PASTKIT_RUNS), so variants share Stage 1.
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pastkit.benchmarks.toolbench import ToolbenchParams, validation_check
+
+VARIANTS = {
+    "Stage 2 at 2e-4": {},
+    "Stage 2 at 2e-4, Stage 1 replayed": {"stage2_replay": True},
+    "Stage 2 at 1e-4, Stage 1 replayed": {"stage2_replay": True, "stage2_lr": 1e-4},
+}
+
+
+def main() -> None:
+    base = ToolbenchParams()
+    table, answers = validation_check({name: replace(base, **change) for name, change in VARIANTS.items()})
+    print(table.to_markdown(index=False))
+    print(answers.groupby(["method", "query"], sort=False)["status"].agg(lambda s: ", ".join(s)).to_markdown())
+
+
+if __name__ == "__main__":
+    main()
