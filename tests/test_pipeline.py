@@ -141,13 +141,15 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     tools = tmp_path / "results" / f"smoke-{ToolbenchParams.from_profile(smoke).digest()}"
     assert sorted((tmp_path / "results").iterdir()) == sorted([figs, loogle, ablations, tools])
     for name in ("fig3_toolbench.csv", "fig3_toolbench.md", "fig3_toolbench.png", "grpo_reward_toolbench.png",
-                 "toolbench_parameter_recall.csv"):
+                 "toolbench_parameter_recall.csv", "toolbench_skill_vs_target.png",
+                 "orthogonality_toolbench_summary.csv"):
         assert (tools / name).stat().st_size > 0, name
     f3 = pd.read_csv(tools / "fig3_toolbench.csv")
     assert list(f3.category) == ["Text_Analysis", "Average (over categories)"]
     assert f3["Target SFT %"].between(0, 100).all() and f3["PaST %"].between(0, 100).all()
     prov = json.loads((tools / "fig3_toolbench.csv.provenance.json").read_text())
     assert prov["judge"]["solution_judge"] == "grounded" and prov["categories"] == ["Text_Analysis"]
+    assert list(pd.read_csv(tools / "orthogonality_toolbench_summary.csv").pair) == ["ΔSFT1 vs ΔRL1", "v1 vs ΔT_sft"]
     for name in ("table3_iterative.csv", "table3_iterative.md", "table3_iterative.png", "table4_transfer.csv",
                  "table4_transfer.md", "table4_transfer.png", "controls_squad.csv",
                  "controls_squad.png", "lambda_validation_squad.csv", "lambda_test_squad.csv"):
