@@ -31,6 +31,8 @@ from .past import STRATEGIES, Domain, Engine, Round, Study
 from .skill_vector import MODULE_GROUPS
 
 TARGET = STRATEGIES["target_sft"].label
+# Table 3 doubles a round's source documents: which parameter sets N, and where a domain keeps its documents
+SOURCE_SIZE = {"squad": ("n_source", "passages"), "loogle": ("source_docs", "docs")}
 METRICS = ("score", *STRICT_METRICS)
 
 
@@ -40,6 +42,7 @@ class SquadAblationParams(SquadParams):
 
     n_val: int = 8                              # validation passages: the target file's last, never its first
     lam_grid: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0])  # λ values tried on validation
+    loogle_tables: bool = False                 # Tables 3 and 4 on LooGLE too (cpu: off, hours here; README)
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,22 +75,25 @@ def iterative_refinement(study: Study, unit: Domain) -> tuple[pd.DataFrame, pd.D
     """Table 3 (paper Sec. 5.3.1): PaST on `unit` with the skill vector of one round on N source documents, of one
     round on 2N (the same 2N documents the two rounds see, and twice the RL prompts: equal data and optimisation
     steps), and of two rounds on N (Algorithm 1). The 1×N and 2×N vectors are the study's own rounds; the 1×2N
-    run is a study of its own with `rounds=1`, `n_source=2N`, `rl_prompts=2×`. Returns (answers, the steps each
-    variant took, read from its stages, so "equal steps" is checked, not assumed)."""
+    run is a study of its own with `rounds=1`, twice the source documents per round and twice `rl_prompts`.
+    Returns (answers, the steps each variant took, read from its stages, so "equal steps" is checked, not
+    assumed)."""
     p = study.params
-    double = dataclasses.replace(p, rounds=1, n_source=2 * p.n_source, rl_prompts=2 * p.rl_prompts)
+    size, documents = SOURCE_SIZE[study.benchmark.name]
+    n = getattr(p, size)
+    double = dataclasses.replace(p, rounds=1, rl_prompts=2 * p.rl_prompts, **{size: 2 * n})
     frames, steps = [], []
     for engine in study.engines:
         rounds = study.rounds[engine.seed]
         [wide] = Engine(study.benchmark, double, engine.seed, engine.log).distill()
-        variants = {f"1 round (N = {p.n_source})": [rounds[0]], f"1 round (N = {2 * p.n_source})": [wide],
-                    f"{len(rounds)} rounds (N = {p.n_source})": rounds}
+        variants = {f"1 round (N = {n})": [rounds[0]], f"1 round (N = {2 * n})": [wide],
+                    f"{len(rounds)} rounds (N = {n})": rounds}
         frames.append(engine.answers(engine.adapt(unit, "target_sft"), unit).assign(method=TARGET, seed=engine.seed))
         for name, used in variants.items():
             frames.append(engine.answers(engine.adapt(unit, "post_hoc", used[-1]), unit)
                           .assign(method=name, seed=engine.seed))
             steps.append({"seed": engine.seed, "variant": name,
-                          "source documents": sum(len(r.domain.data["passages"]) for r in used),
+                          "source documents": sum(len(r.domain.data[documents]) for r in used),
                           "SFT steps": sum(engine.summary(r.sft)["steps"] for r in used),
                           "GRPO steps": sum(engine.summary(r.rl)["steps"] for r in used)})
     return pd.concat(frames, ignore_index=True), pd.DataFrame(steps)
@@ -271,40 +277,48 @@ def plot(t: pd.DataFrame, title: str, caption: str):
     return fig
 
 
-def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame,
-               groups_on_test: pd.DataFrame | None = None, table3: pd.DataFrame | None = None,
-               composed: pd.DataFrame | None = None) -> str:
-    """One line per claim, from the numbers."""
-    def diff(t, method):
-        r = t.set_index("method").loc[method]
-        return (f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}]",
-                verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high))
+def _diff(t: pd.DataFrame, method: str) -> tuple[str, str]:
+    r = t.set_index("method").loc[method]
+    return (f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}]",
+            verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high))
 
-    lines = []
+
+def table_claims(table3: pd.DataFrame | None, strategies: pd.DataFrame, where: str = "") -> list[str]:
+    """The paper's Table 3 and Table 4 claims, checked in words against the tables (`where`: a benchmark name)."""
+    at, lines = f" on {where}" if where else "", []
     if table3 is not None:
         t3 = table3[table3.method != TARGET].set_index("method")["score"]
-        lines.append("Iterative refinement (Table 3), PaST score per source schedule: "
+        lines.append(f"Iterative refinement (Table 3){at}, PaST score per source schedule: "
                      + ", ".join(f"{m} {x:.1f}" for m, x in t3.items())
                      + (f"; best: {t3.idxmax()}" if (t3 == t3.max()).sum() == 1 else "; the best ones tie")
                      + ". The paper's claim is that 2 rounds on N beat 1 round on 2N at equal steps.")
         for m in t3.index:
-            d, v = diff(table3, m)
+            d, v = _diff(table3, m)
             lines.append(f"  {m} − Target SFT = {d} points: {v}.")
     s = strategies.set_index("method")["score"]
     order = " > ".join(f"{m} ({s[m]:.1f})" for m in s.sort_values(ascending=False).index)
-    lines.append(f"Transfer strategies, ordered by score: {order}. The paper's order is post-hoc > pre-injection > "
-                 "sequential.")
+    lines.append(f"Transfer strategies{at}, ordered by score: {order}. The paper's order is post-hoc > "
+                 "pre-injection > sequential.")
+    return lines
+
+
+def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame,
+               groups_on_test: pd.DataFrame | None = None, table3: pd.DataFrame | None = None,
+               composed: pd.DataFrame | None = None, loogle: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
+    """One line per claim, from the numbers (`loogle`: Tables 3 and 4 on LooGLE, when they were run)."""
+    lines = table_claims(table3, strategies, "SQuAD" if loogle else "") + (table_claims(*loogle, "LooGLE")
+                                                                          if loogle else [])
     for m in [m for m in ctrl.method if m != TARGET]:
-        d, v = diff(ctrl, m)
+        d, v = _diff(ctrl, m)
         lines.append(f"Control: {m} − Target SFT = {d} points: {v}.")
     chosen = lam.loc[lam.chosen, "lam"].iloc[0]
     lines.append(f"λ chosen on validation: {chosen:g} (grid {', '.join(f'{x:g}' for x in lam.lam)}).")
     for m in [m for m in on_test.method if m != TARGET]:
-        d, v = diff(on_test, m)
+        d, v = _diff(on_test, m)
         lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
     if groups_on_test is not None:
         m = groups_on_test.method.iloc[-1]
-        d, v = diff(groups_on_test, m)
+        d, v = _diff(groups_on_test, m)
         lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
     for bench, g in composed.groupby("benchmark", sort=False) if composed is not None else []:
         own, both = g[g.method == own_label(bench)].iloc[0], g.iloc[-1]
