@@ -203,9 +203,12 @@ def group_lambdas_on_test(engine: Engine, unit: Domain, source: Round, scales: d
 
 
 def lambda_on_test(engine: Engine, unit: Domain, source: Round, chosen: float) -> pd.DataFrame:
-    """Test answers of Target SFT, PaST at λ = 1 (the paper's) and PaST at the λ chosen on validation."""
-    models = {TARGET: engine.adapt(unit, "target_sft"), "PaST, λ = 1": engine.adapt(unit, "post_hoc", source, 1.0),
-              f"PaST, λ = {chosen:g} (chosen on validation)": engine.adapt(unit, "post_hoc", source, chosen)}
+    """Test answers of Target SFT, PaST at λ = 1 (the paper's) and PaST at the λ chosen on validation (one row if
+    validation chose 1)."""
+    models = {TARGET: engine.adapt(unit, "target_sft")}
+    if chosen != 1.0:
+        models["PaST, λ = 1"] = engine.adapt(unit, "post_hoc", source, 1.0)
+    models[f"PaST, λ = {chosen:g} (chosen on validation)"] = engine.adapt(unit, "post_hoc", source, chosen)
     return pd.concat([engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()],
                      ignore_index=True)
 
