@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pastkit.benchmarks.toolbench import ToolbenchParams, validation_check
+from pastkit.report import quiet_libraries
 
 VARIANTS = {  # the rule, fixed before any run: highest success, then more successful calls, then recall
     "Stage 2: 1 epoch at 2e-4 (cpu default)": {},
@@ -24,6 +25,7 @@ VARIANTS = {  # the rule, fixed before any run: highest success, then more succe
 
 
 def main() -> None:
+    quiet_libraries()
     base = ToolbenchParams()
     table, answers = validation_check({name: replace(base, **change) for name, change in VARIANTS.items()})
     print(table.to_markdown(index=False))

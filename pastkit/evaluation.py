@@ -52,7 +52,8 @@ def seed_interval(means) -> tuple[float, float, float]:
 def summarize(answers: pd.DataFrame, baseline: str, metrics: tuple[str, ...] = ("score",),
               by: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per method (within each `by` group): each metric in % with its document interval, the paired
-    difference to `baseline` with its interval, and per-seed means with an interval over seeds.
+    difference to `baseline` with its interval, and per-seed means with an interval over seeds, for the metric
+    and for the difference (each seed's difference of means; t-interval, NaN with one seed).
 
     `answers` has a row per (method, seed, item) with columns method, seed, item, document and the metrics.
     """
@@ -71,10 +72,13 @@ def summarize(answers: pd.DataFrame, baseline: str, metrics: tuple[str, ...] = (
                 d, dlo, dhi = paired_difference(per_item["v"], ref, per_item["document"])
                 per_seed = df.groupby("seed")[m].mean()
                 _, slo, shi = seed_interval(per_seed)
+                seed_diffs = (df.groupby("seed")[m].mean() - ref_part.groupby("seed")[m].mean()).dropna()
+                _, dslo, dshi = seed_interval(seed_diffs)
                 row.update({m: 100 * mean, f"{m}_ci_low": 100 * lo, f"{m}_ci_high": 100 * hi,
                             f"{m}_vs_baseline": 100 * d, f"{m}_vs_baseline_ci_low": 100 * dlo,
                             f"{m}_vs_baseline_ci_high": 100 * dhi,
                             f"{m}_seed_ci_low": 100 * slo, f"{m}_seed_ci_high": 100 * shi,
+                            f"{m}_vs_baseline_seed_ci_low": 100 * dslo, f"{m}_vs_baseline_seed_ci_high": 100 * dshi,
                             f"{m}_per_seed": "; ".join(f"{s}: {100 * v:.1f}" for s, v in per_seed.items())})
             rows.append(row)
     return pd.DataFrame(rows).round(2)

@@ -13,7 +13,7 @@ from pastkit.benchmarks.loogle import LoogleParams
 from pastkit.benchmarks.squad import SquadParams, cpt_documents, load_passages, single_documents, source_rounds
 from pastkit.benchmarks.toolbench import ToolbenchParams
 from pastkit.config import load_profile
-from pastkit.evaluation import bootstrap_interval, paired_difference
+from pastkit.evaluation import bootstrap_interval, paired_difference, summarize
 from pastkit.report import ROOT, results_folder
 from pastkit.stages import run_stage
 
@@ -124,6 +124,16 @@ def test_intervals():
     assert mean == 0.5 and 0.38 < lo < 0.45 and 0.55 < hi < 0.62
     d, dlo, dhi = paired_difference([1] * 30 + [0] * 10, [0] * 30 + [0] * 10)
     assert d == 0.75 and dlo > 0.5
+    # over seeds: each seed's difference of means, then a t-interval (t 4.303 with 2 degrees of freedom)
+    rows = [{"method": m, "seed": seed, "item": i, "document": i // 2, "score": x}
+            for seed, (base, new) in enumerate([(0.2, 0.5), (0.3, 0.2), (0.1, 0.3)])
+            for m, x in (("A", base), ("B", new)) for i in range(4)]
+    b = summarize(pd.DataFrame(rows), baseline="A").set_index("method").loc["B"]
+    diffs = pd.Series([30.0, -10.0, 20.0])
+    half = 4.303 * diffs.std() / 3 ** 0.5
+    assert b.score_vs_baseline == pytest.approx(diffs.mean(), abs=0.01)
+    assert (b.score_vs_baseline_seed_ci_low, b.score_vs_baseline_seed_ci_high) == pytest.approx(
+        (diffs.mean() - half, diffs.mean() + half), abs=0.01)
 
 
 def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypatch):
