@@ -167,10 +167,10 @@ class ToolbenchParams(PastParams):
     teacher_tokens: int = 64                    # max new tokens per teacher description
     stage1_epochs: int = 3                      # knowledge internalization (paper Table 15: 3)
     stage1_lr: float = 2e-4                     # (paper Table 15: 5e-5; SQuAD's cpu setting)
-    stage2_epochs: int = 1                      # format alignment (paper Table 15: 3)
+    stage2_epochs: int = 2                      # format alignment (paper Table 15: 3; cpu: Movies validation)
     stage2_lr: float = 2e-4                     # (paper Table 15: 2e-5; cpu: chosen on Movies, README)
     alignment_apis: int = 0                     # APIs per domain given Stage 2 ReAct examples (0: all; paper: all)
-    stage2_replay: bool = False                 # Stage 2 also replays Stage 1's pairs (against forgetting; kit's)
+    stage2_replay: bool = True                  # Stage 2 also replays Stage 1's pairs (kit's; Movies validation)
     tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
     tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
     max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; cpu: time)
