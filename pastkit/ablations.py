@@ -133,11 +133,12 @@ def composition(sides: dict[str, tuple[Engine, Domain, Round]]) -> pd.DataFrame:
     if len({str(e.base_key) for e, _, _ in sides.values()}) != 1:
         raise ValueError(f"the skill vectors of {list(sides)} come from different base models; they do not add")
     vectors = {name: source.vector for name, (_, _, source) in sides.items()}
+    first_engine = next(iter(sides.values()))[0]
+    both = first_engine.derived_vector("sum", sorted(vectors.values(), key=lambda v: v.key))  # serves both sides
     frames = []
     for name, (engine, unit, _) in sides.items():
         [other] = [n for n in sides if n != name]
         lam, target = engine.p.lam, engine.adapt(unit, "target_sft")
-        both = engine.derived_vector("sum", sorted(vectors.values(), key=lambda v: v.key))  # one stage for both
         models = {TARGET: target, own_label(name): engine.model_of(target.stage, vectors[name], lam),
                   f"+ λ·v_{other}": engine.model_of(target.stage, vectors[other], lam),
                   f"+ λ·(v_{name} + v_{other})": engine.model_of(target.stage, both, lam)}

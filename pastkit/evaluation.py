@@ -72,7 +72,7 @@ def summarize(answers: pd.DataFrame, baseline: str, metrics: tuple[str, ...] = (
                 d, dlo, dhi = paired_difference(per_item["v"], ref, per_item["document"])
                 per_seed = df.groupby("seed")[m].mean()
                 _, slo, shi = seed_interval(per_seed)
-                seed_diffs = (df.groupby("seed")[m].mean() - ref_part.groupby("seed")[m].mean()).dropna()
+                seed_diffs = (per_seed - ref_part.groupby("seed")[m].mean()).dropna()
                 _, dslo, dshi = seed_interval(seed_diffs)
                 row.update({m: 100 * mean, f"{m}_ci_low": 100 * lo, f"{m}_ci_high": 100 * hi,
                             f"{m}_vs_baseline": 100 * d, f"{m}_vs_baseline_ci_low": 100 * dlo,

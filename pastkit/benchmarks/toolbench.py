@@ -568,7 +568,7 @@ def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=pr
     stages on the source category's validation unit (`Toolbench.validation_unit`), then closed-book episodes on
     its queries and the parameter recall of its APIs, beside the base model's recall. Stages are cached like
     any other. Returns (one row per variant, every episode)."""
-    bench, rows, frames = Toolbench(), [], []
+    bench, rows, frames, base_recall = Toolbench(), [], [], {}
     for name, p in variants.items():
         engine = Engine(bench, p, seed, log)
         unit = bench.validation_unit(p)
@@ -576,7 +576,10 @@ def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=pr
         answers = engine.answers(model, unit, "validation").assign(method=name, seed=seed)
         tools = bench.data(p)["tools"]
         recall = recall_rows(tools, unit.data["apis"], model.load())["recalled"]
-        base = recall_rows(tools, unit.data["apis"], load_model(engine.base))["recalled"]
+        if (engine.base, unit.key) not in base_recall:  # the base model's recall: once per model and unit
+            base_recall[engine.base, unit.key] = recall_rows(tools, unit.data["apis"],
+                                                             load_model(engine.base))["recalled"]
+        base = base_recall[engine.base, unit.key]
         row = behaviour(answers).iloc[0].to_dict()
         rows.append({"variant": name, "queries": len(unit.data["queries"]), "APIs": len(unit.data["apis"]),
                      "success %": round(100 * answers["score"].mean(), 1),
