@@ -332,3 +332,24 @@ def test_hub_ids_load_through_the_hub_or_say_it_is_unreachable(tiny_model, monke
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_download)
     assert models.resolve("Qwen/Qwen2.5-7B") == tiny_model
     assert seen["repo"] == "Qwen/Qwen2.5-7B" and not any(p.endswith(".bin") for p in seen["patterns"])
+
+
+def test_provenance_commit_is_dirty_for_edited_source_not_for_rewritten_figures(tmp_path, monkeypatch):
+    """A reference run rewrites figures/; only an edit elsewhere marks the recorded commit "+dirty"."""
+    from pastkit import report
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "table.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    assert not report.git_commit().endswith("+dirty")
+    (tmp_path / "figures" / "table.csv").write_text("b\n")
+    assert not report.git_commit().endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert report.git_commit().endswith("+dirty")
