@@ -94,7 +94,7 @@ def iterative_refinement(study: Study, unit: Domain) -> tuple[pd.DataFrame, pd.D
                           .assign(method=name, seed=engine.seed))
             steps.append({"seed": engine.seed, "variant": name,
                           "source documents": sum(len(r.domain.data[documents]) for r in used),
-                          "SFT steps": sum(engine.summary(r.sft)["steps"] for r in used),
+                          "SFT steps": sum(engine.sft_steps(r.sft) for r in used),
                           "GRPO steps": sum(engine.summary(r.rl)["steps"] for r in used)})
     return pd.concat(frames, ignore_index=True), pd.DataFrame(steps)
 

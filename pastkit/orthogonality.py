@@ -140,6 +140,11 @@ def conclusion(summary: pd.DataFrame) -> str:
                      f"(×random {b:.2g}): the SFT-vs-SFT control is {b / a:.1f}× as aligned. "
                      + ("ΔSFT and ΔRL are the closer to orthogonal, as the paper claims."
                         if b > a else "This run does not support the paper's claim."))
+    elif sft_rl:
+        a = rows.loc[sft_rl, "times_random"].mean()
+        lines.append(f"No SFT-vs-SFT control here (it needs two knowledge updates, i.e. two source rounds), so "
+                     f"×random {a:.2g} for knowledge vs skill can be read only against random directions (1), "
+                     "not against two knowledge updates as the paper's control does.")
     elif any("ΔRL" in p for p in rows.index):
         lines.append("No ΔSFT-vs-ΔRL cosine is defined, so this run cannot test the orthogonality claim.")
     return "\n".join(lines)

@@ -183,6 +183,19 @@ class Engine:
                        "0 and RL changed nothing but what the KL term moved")
         return stage
 
+    def sft_steps(self, stage: Stage) -> int:
+        """Optimizer steps of an SFT stage together with the SFT phases it continued (LooGLE's phase 1 before
+        phase 2), so a comparison of "equal steps" counts every phase. Stops at the base model or at a stage
+        that is not SFT (an injected or RL model)."""
+        total = 0
+        while True:
+            total += self.summary(stage)["steps"]
+            start = json.loads((stage.path / "stage.json").read_text())["inputs"]["start"]
+            before = [d for kind in ("sft-full", "sft-lora") if (d := stage.path.parent / f"{kind}-{start}").is_dir()]
+            if not before:
+                return total
+            stage = Stage(before[0].name.rsplit("-", 1)[0], start, before[0])
+
     @staticmethod
     def summary(stage: Stage) -> dict:
         """What a training stage (SFT or GRPO) reported about its own run: its model/summary.json."""
@@ -248,7 +261,7 @@ class Engine:
         Each kept checkpoint's vector (and the final policy's) is added to the target SFT of the validation
         documents, and the PaST model is scored on their questions; the best mean score wins (ties: the
         earlier step). Without a validation split or kept checkpoints, the final policy's vector is taken."""
-        steps = self.summary(rl).get("checkpoints", [])
+        steps = sorted(self.summary(rl).get("checkpoints", []), key=lambda s: int(s.split("-")[1]))  # step order
         validation = self.bench.validation(self.p) if hasattr(self.bench, "validation") else None
         if not steps or validation is None:
             return self.vector(rl, sft), None

@@ -171,3 +171,18 @@ def test_composition_scores_two_benchmarks_vectors_alone_and_added(runs):
     assert torch.allclose(load_dir(summed)[k], load_dir(va.vector.path)[k] + load_dir(vb.vector.path)[k], atol=1e-6)
     t = ablations.composition_table(answers)
     assert (t[t.method.str.endswith("(PaST)")].score_vs_own == 0).all()
+
+
+def test_sft_steps_count_every_phase_of_a_chain(runs):
+    """A two-phase SFT (LooGLE's curriculum) is counted as both phases' steps, down to the base model."""
+    from pastkit.past import Engine
+
+    engine = Engine(Toy(), ToyParams(), 0, log=lambda *_: None)
+    spec = SFTSpec(epochs=1, lr=1e-3, batch=2, grad_accum=1, max_len=64)
+    phases = [SFTPhase("toy/phase1", [{"text": d} for d in DOCS["source 1"]], spec),
+              SFTPhase("toy/phase2", [{"text": d} for d in DOCS["target"] * 2], spec)]
+    first = engine.sft(None, phases[:1])
+    both = engine.sft(None, phases)
+    assert engine.sft_steps(first) == engine.summary(first)["steps"] > 0
+    assert engine.sft_steps(both) == engine.summary(first)["steps"] + engine.summary(both)["steps"]
+    assert engine.summary(both)["steps"] > 0

@@ -7,7 +7,7 @@ import torch
 from conftest import llama_like, save_ckpt
 
 from pastkit.cli import main
-from pastkit.orthogonality import cosine_between, heatmap, locate, summarize
+from pastkit.orthogonality import conclusion, cosine_between, heatmap, locate, summarize
 
 
 def test_cosine_table_matches_direct_computation(tmp_path):
@@ -91,3 +91,15 @@ def test_times_random_is_one_for_unrelated_directions():
         a, b = torch.randn(4096, generator=g), torch.randn(4096, generator=g)
         rows.append({"cos": float(a @ b / (a.norm() * b.norm())), "random_baseline": 1 / math.sqrt(4096)})
     assert 0.85 < times_random(pd.DataFrame(rows)) < 1.15
+
+
+def test_conclusion_names_the_missing_control_rather_than_a_missing_cosine():
+    """One source round (ToolBench): ΔSFT vs ΔRL is defined, the SFT-vs-SFT control is not; say exactly that."""
+    row = dict(tensors=4, mean_abs_cos=0.02, max_abs_cos=0.1, random_baseline=0.01, zero_delta_tensors=0)
+    one_round = pd.DataFrame([{**row, "pair": "ΔSFT1 vs ΔRL1", "times_random": 7.0}])
+    text = conclusion(one_round)
+    assert "No SFT-vs-SFT control" in text and "No ΔSFT-vs-ΔRL cosine" not in text
+    two_rounds = pd.concat([one_round, pd.DataFrame([{**row, "pair": "ΔSFT1 vs ΔSFT2", "times_random": 30.0}])])
+    assert "as the paper claims" in conclusion(two_rounds)
+    undefined = one_round.assign(zero_delta_tensors=4, times_random=float("nan"))
+    assert "No ΔSFT-vs-ΔRL cosine is defined" in conclusion(undefined)
