@@ -32,6 +32,7 @@ class SFTSpec:
     max_len: int
     lora_r: int | None = None  # None: full fine-tuning
     lora_alpha: int | None = None
+    schedule: str = "linear"  # transformers' lr_scheduler_type (paper Table 13: cosine for LooGLE's SFT)
 
 
 def record_format(records: list[dict]) -> set[str]:
@@ -80,8 +81,9 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
                                  target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     args = SFTConfig(output_dir=str(out / "_trainer"), num_train_epochs=spec.epochs, learning_rate=spec.lr,
                      per_device_train_batch_size=spec.batch, gradient_accumulation_steps=spec.grad_accum,
-                     max_length=spec.max_len, packing=False, seed=seed, save_strategy="no", report_to="none",
-                     logging_steps=1, disable_tqdm=not interactive(), **device_args(),
+                     lr_scheduler_type=spec.schedule, max_length=spec.max_len, packing=False, seed=seed,
+                     save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=not interactive(),
+                     **device_args(),
                      train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
                      **({"dataset_text_field": "text"} if keys == {"text"} else {}))
     data = Dataset.from_list(records)

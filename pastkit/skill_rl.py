@@ -38,6 +38,7 @@ class GRPOSpec:
     max_new_tokens: int
     use_vllm: bool = False
     save_every: int = 0     # keep the policy every N optimizer steps (0: only the final one)
+    schedule: str = "linear"  # transformers' lr_scheduler_type (paper Tables 13 and 19: constant)
 
 
 @dataclass
@@ -87,6 +88,7 @@ def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log
                       per_device_train_batch_size=spec.group * spec.prompts_per_step,
                       num_generations=spec.group, max_completion_length=spec.max_new_tokens,
                       temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, beta=spec.beta,
+                      lr_scheduler_type=spec.schedule,
                       use_vllm=spec.use_vllm, seed=seed, save_strategy="no", report_to="none", logging_steps=1,
                       disable_tqdm=not interactive(), **device)
 

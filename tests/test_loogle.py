@@ -96,6 +96,8 @@ def test_loogle_params_are_validated():
         LoogleParams(chunk_tokens=[])
     with pytest.raises(ValueError, match="qa_source"):
         LoogleParams(qa_source="gpt")
+    with pytest.raises(ValueError, match="phase_schedule"):
+        LoogleParams(phase_schedule="cosine_with_restarts")
     with pytest.raises(ValueError, match="overlaps"):
         LoogleParams(chunk_tokens=[32], chunk_overlap=32)
     assert LoogleParams(excerpt_words=0).excerpt_words == 0  # 0 means whole documents

@@ -57,6 +57,8 @@ def test_params_are_typed_and_validated():
         SquadParams(judge="gpt")
     with pytest.raises(ValueError, match="regimes"):
         SquadParams(regimes=["both"])
+    with pytest.raises(ValueError, match="rl_schedule"):
+        SquadParams(rl_schedule="warm")
     assert SquadParams(lam=2).lam == 2.0  # an int where a float is expected is fine
 
 

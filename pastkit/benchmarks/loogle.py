@@ -35,7 +35,7 @@ from typing import ClassVar
 
 import pandas as pd
 
-from ..config import PastParams
+from ..config import SCHEDULES, PastParams
 from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
 from ..judges import STRICT_METRICS, JudgePrompt
@@ -311,6 +311,7 @@ class LoogleParams(PastParams):
     phase2_epochs: int = 2                      # QA adaptation (paper Table 13: 2)
     phase2_lr: float = 2e-5                     # (paper Table 13)
     sft_batch: int = 4                          # per-device batch (paper: micro batch 2 on 8 GPUs)
+    phase_schedule: str = "linear"              # LR schedule of both SFT phases (paper Table 13: cosine)
     rl_prompts: int = 16                        # synthetic questions used for GRPO per round
     rl_save_every: int = 8                      # keep a GRPO checkpoint every N steps, chosen on validation (E.4: 40)
     eval_samples: int = 3                       # sampled answers per question, averaged (paper E.5: 3)
@@ -325,6 +326,8 @@ class LoogleParams(PastParams):
                 raise ValueError(f"parameter {name}={sizes!r}: a non-empty list of positive token counts")
         if self.chunk_overlap >= min(self.chunk_tokens) or self.qa_overlap >= min(self.qa_chunk_tokens):
             raise ValueError("chunk overlaps must be smaller than the chunks")
+        if self.phase_schedule not in SCHEDULES:
+            raise ValueError(f"phase_schedule={self.phase_schedule!r}: one of {SCHEDULES}")
         if self.qa_source not in QA_SOURCES:
             raise ValueError(f"qa_source={self.qa_source!r}: one of {QA_SOURCES}")
         if self.gen_temperature < 0 or self.eval_temperature < 0:
@@ -459,9 +462,11 @@ class Loogle:
         phase2 = [{"prompt": [{"role": "user", "content": QA_PROMPT.format(question=q["question"])}],
                    "completion": [{"role": "assistant", "content": q["answer"]}]} for q in data["qa"]]
         return [SFTPhase(f"{domain.name}/phase1", phase1,
-                         SFTSpec(p.phase1_epochs, p.phase1_lr, p.sft_batch, 1, p.sft_max_len)),
+                         SFTSpec(p.phase1_epochs, p.phase1_lr, p.sft_batch, 1, p.sft_max_len,
+                                 schedule=p.phase_schedule)),
                 SFTPhase(f"{domain.name}/phase2", phase2,
-                         SFTSpec(p.phase2_epochs, p.phase2_lr, p.sft_batch, 1, p.sft_max_len))]
+                         SFTSpec(p.phase2_epochs, p.phase2_lr, p.sft_batch, 1, p.sft_max_len,
+                                 schedule=p.phase_schedule))]
 
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
         """The domain's synthetic questions (proposed or cloze), closed-book; reward = the judge vs their answers."""
