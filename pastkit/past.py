@@ -16,6 +16,7 @@ added after it. A model the engine hands back is a `Model`: a key (what produced
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib
 import inspect
@@ -317,7 +318,9 @@ class Engine:
     def answers(self, model: Model, unit: Domain, split: str = "target") -> pd.DataFrame:
         """Cached per-item scores of `model` on `unit` (the benchmark's scoring), one row per item."""
         def build(tmp: Path):
-            self.bench.score(self, model, unit, split).to_csv(tmp / "answers.csv", index=False)
+            # every text field quoted: a model's output may hold a bare "\r", which unquoted splits a CSV row
+            self.bench.score(self, model, unit, split).to_csv(tmp / "answers.csv", index=False,
+                                                              quoting=csv.QUOTE_NONNUMERIC)
 
         def check(tmp: Path):
             df = pd.read_csv(tmp / "answers.csv", keep_default_na=False)

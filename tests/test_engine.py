@@ -186,3 +186,20 @@ def test_sft_steps_count_every_phase_of_a_chain(runs):
     assert engine.sft_steps(first) == engine.summary(first)["steps"] > 0
     assert engine.sft_steps(both) == engine.summary(first)["steps"] + engine.summary(both)["steps"]
     assert engine.summary(both)["steps"] > 0
+
+
+def test_answers_survive_any_characters_a_model_writes(runs):
+    """A tiny random model writes control characters; a bare carriage return once split an answers.csv row."""
+    from pastkit.past import Engine
+
+    odd = ["a\rb", "c\nd, \"e\"", "\x0b\x1a\x00", ""]
+
+    class Odd(Toy):
+        def score(self, engine, model, unit, split):
+            return pd.DataFrame([{"item": f"0:{i}", "document": 0, "prediction": t, "score": 0.5}
+                                 for i, t in enumerate(odd)])
+
+    engine = Engine(Odd(), ToyParams(), 0, log=lambda *_: None)
+    unit = Domain("target", DOCS["target"], "target")
+    df = engine.answers(engine.base_model(), unit)
+    assert df["prediction"].tolist() == odd and df["score"].tolist() == [0.5] * 4
