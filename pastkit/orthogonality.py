@@ -133,18 +133,18 @@ def conclusion(summary: pd.DataFrame) -> str:
             if r.zero_delta_tensors else ""
         lines.append(f"{pair}: mean |cos| = {r.mean_abs_cos:.3g}, ×random = {r.times_random:.2g}{zero}.")
     sft_rl = [p for p in rows.index if "ΔRL" in p and pd.notna(rows.loc[p, "times_random"])]
-    if "ΔSFT1 vs ΔSFT2" in rows.index and sft_rl:
+    if sft_rl:
         a = rows.loc[sft_rl, "times_random"].mean()
-        b = rows.loc["ΔSFT1 vs ΔSFT2", "times_random"]
-        lines.append(f"Knowledge vs skill updates (×random {a:.2g} on average) against two knowledge updates "
-                     f"(×random {b:.2g}): the SFT-vs-SFT control is {b / a:.1f}× as aligned. "
-                     + ("ΔSFT and ΔRL are the closer to orthogonal, as the paper claims."
-                        if b > a else "This run does not support the paper's claim."))
-    elif sft_rl:
-        a = rows.loc[sft_rl, "times_random"].mean()
-        lines.append(f"No SFT-vs-SFT control here (it needs two knowledge updates, i.e. two source rounds), so "
-                     f"×random {a:.2g} for knowledge vs skill can be read only against random directions (1), "
-                     "not against two knowledge updates as the paper's control does.")
+        if "ΔSFT1 vs ΔSFT2" in rows.index:
+            b = rows.loc["ΔSFT1 vs ΔSFT2", "times_random"]
+            lines.append(f"Knowledge vs skill updates (×random {a:.2g} on average) against two knowledge updates "
+                         f"(×random {b:.2g}): the SFT-vs-SFT control is {b / a:.1f}× as aligned. "
+                         + ("ΔSFT and ΔRL are the closer to orthogonal, as the paper claims."
+                            if b > a else "This run does not support the paper's claim."))
+        else:
+            lines.append(f"No SFT-vs-SFT control here (it needs two knowledge updates, i.e. two source rounds), so "
+                         f"×random {a:.2g} for knowledge vs skill can be read only against random directions (1), "
+                         "not against two knowledge updates as the paper's control does.")
     elif any("ΔRL" in p for p in rows.index):
         lines.append("No ΔSFT-vs-ΔRL cosine is defined, so this run cannot test the orthogonality claim.")
     return "\n".join(lines)

@@ -35,9 +35,10 @@ from .knowledge import SFTSpec, train_sft
 from .models import resolve
 from .skill_rl import GRPOSpec, RLTask, train_grpo
 from .skill_vector import DegenerateWarning, SkillVector, add_scaled_, inject
-from .stages import Stage, run_stage
+from .stages import Stage, run_stage, stage_dir, stage_inputs
 
 VECTOR_FILE = "vector.safetensors"
+SFT_FULL, SFT_LORA = "sft-full", "sft-lora"  # the stage names of a full and a LoRA SFT phase
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class Engine:
 
     def _sft_one(self, start: Stage | None, phase: SFTPhase) -> Stage:
         start_dir = start.path / "model" if start else self.base
-        kind = "sft-lora" if phase.spec.lora_r else "sft-full"
+        kind = SFT_LORA if phase.spec.lora_r else SFT_FULL
         stage = self.stage(kind, {"start": start.key if start else self.base_key, "phase": phase.name,
                                   "records": digest(phase.records), "spec": phase.spec.__dict__},
                            lambda tmp: train_sft(start_dir, phase.records, tmp / "model", phase.spec, self.seed,
@@ -189,14 +190,12 @@ class Engine:
         """Optimizer steps of an SFT stage together with the SFT phases it continued (LooGLE's phase 1 before
         phase 2), so a comparison of "equal steps" counts every phase. Stops at the base model or at a stage
         that is not SFT (an injected or RL model)."""
-        total = 0
-        while True:
-            total += self.summary(stage)["steps"]
-            start = json.loads((stage.path / "stage.json").read_text())["inputs"]["start"]
-            before = [d for kind in ("sft-full", "sft-lora") if (d := stage.path.parent / f"{kind}-{start}").is_dir()]
-            if not before:
-                return total
-            stage = Stage(before[0].name.rsplit("-", 1)[0], start, before[0])
+        steps, start = self.summary(stage)["steps"], stage_inputs(stage)["start"]
+        if start != self.base_key:
+            for kind in (SFT_FULL, SFT_LORA):
+                if (path := stage_dir(kind, start)).is_dir():
+                    return steps + self.sft_steps(Stage(kind, start, path))
+        return steps
 
     @staticmethod
     def summary(stage: Stage) -> dict:
@@ -263,7 +262,10 @@ class Engine:
         Each kept checkpoint's vector (and the final policy's) is added to the target SFT of the validation
         documents, and the PaST model is scored on their questions; the best mean score wins (ties: the
         earlier step). Without a validation split or kept checkpoints, the final policy's vector is taken."""
-        steps = sorted(self.summary(rl).get("checkpoints", []), key=lambda s: int(s.split("-")[1]))  # step order
+        def step(name: str) -> int:  # "step-16" -> 16
+            return int(name.split("-")[1])
+
+        steps = sorted(self.summary(rl).get("checkpoints", []), key=step)
         validation = self.bench.validation(self.p) if hasattr(self.bench, "validation") else None
         if not steps or validation is None:
             return self.vector(rl, sft), None
@@ -273,7 +275,7 @@ class Engine:
         candidates[final] = self.vector(rl, sft)
         scores = {s: float(self.answers(self.model_of(val_sft, v, self.p.lam), validation, "validation")["score"]
                            .mean()) for s, v in candidates.items()}
-        best = max(scores, key=lambda s: (scores[s], -int(s.split("-")[1])))
+        best = max(scores, key=lambda s: (scores[s], -step(s)))
         self.log(f"[select] validation score per RL checkpoint: "
                  f"{', '.join(f'{s} {x:.3f}' for s, x in scores.items())} -> {best}")
         return candidates[best], {"scores": scores, "chosen": best, "validation": validation.name}

@@ -80,7 +80,7 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
     """
     key = stage_key(name, inputs)
     root = runs_dir()
-    path = root / f"{name}-{key}"
+    path = stage_dir(name, key)
     (root / LOCKS).mkdir(parents=True, exist_ok=True)
     with open(root / LOCKS / f"{name}-{key}.lock", "w") as lock:
         if _try_lock(lock) is False:
@@ -117,6 +117,16 @@ def _try_lock(lock) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def stage_dir(name: str, key: str) -> Path:
+    """Where the stage (name, key) lives in the runs folder, built or not."""
+    return runs_dir() / f"{name}-{key}"
+
+
+def stage_inputs(stage: Stage) -> dict:
+    """The inputs a finished stage was keyed on (upstream stages appear as their keys)."""
+    return json.loads((stage.path / STAGE_FILE).read_text())["inputs"]
 
 
 def stage_seconds(stage: Stage) -> float:
