@@ -127,7 +127,7 @@ JUDGE = JudgePrompt(
     "the 'Ground Truth' for the given 'Question'. Your entire response MUST be only the single word 'True' or the "
     "single word 'False'. Do not provide any explanation or punctuation.\nQuestion: {question}\n"
     "Ground Truth: {gold}\nPredicted Answer: {pred}", "True", "False", "paper Appendix E.5")
-QA_SOURCES = ("proposed", "cloze")
+QA_SOURCES = ("proposed", "cloze", "recite", "keywords")
 CITATION = re.compile(r"\[\d+\]")
 QA_TAGS = re.compile(r"<question>(.*?)</question>\s*<answer>(.*?)</answer>", re.S)
 
@@ -255,18 +255,30 @@ def chunks(text: str, tok, size: int, overlap: int) -> list[str]:
     return [tok.decode(ids[i:i + size]) for i in range(0, max(1, len(ids) - overlap), step)]
 
 
-def cloze_pairs(title: str, chunk: str, k: int) -> list[tuple[str, str]]:
-    """Up to k question-answer pairs made from the text without a model: a sentence's opening, asked for its last
-    third. For models that cannot follow the proposer prompt (qa_source="cloze"): SmolLM2-135M-Instruct gave 0
-    well-formed pairs of 12 at temperature 1.0 on a source document, and at temperature 0 it copies the prompt's
-    example (README, LooGLE). The paper profile uses the proposer."""
+def cloze_pairs(title: str, chunk: str, k: int, kind: str = "cloze") -> list[tuple[str, str]]:
+    """Up to k question-answer pairs made from the text without a model, one per sentence of 8 words or more.
+    For models that cannot follow the proposer prompt: SmolLM2-135M-Instruct gave 0 well-formed pairs of 12 at
+    temperature 1.0 on a source document, and at temperature 0 it copies the prompt's example (README, LooGLE).
+    The paper profile uses the proposer. `kind` (a `qa_source`):
+
+    * "cloze": the sentence's first two thirds, asked for its last third (a fragment);
+    * "recite": the same question, answered with the whole sentence;
+    * "keywords": the sentence's four longest words, answered with the whole sentence.
+
+    LooGLE's gold answers are mostly a sentence of the document or a clause of it; "recite" and "keywords" teach
+    that shape, "keywords" with a cue that is not the sentence's opening, as a real question's is not."""
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", chunk) if len(s.split()) >= 8][:k]
     pairs = []
     for s in sentences:
         words = s.split()
+        if kind == "keywords":
+            bare = list(dict.fromkeys(w.strip(".,;:!?\"'()[]") for w in words))
+            longest = set(sorted(bare, key=len, reverse=True)[:4])
+            pairs.append((f'What does "{title}" say about {", ".join(w for w in bare if w in longest)}?', s))
+            continue
         cut = len(words) * 2 // 3
         opening, ending = " ".join(words[:cut]), " ".join(words[cut:])
-        pairs.append((f'In "{title}", how does this sentence end: "{opening} ..."?', ending))
+        pairs.append((f'In "{title}", how does this sentence end: "{opening} ..."?', s if kind == "recite" else ending))
     return pairs
 
 
@@ -422,9 +434,9 @@ class Loogle:
                 pair = parse_qa(g)
                 (qa.append({"title": t, "variation": VARIATIONS[k][0], "question": pair[0], "answer": pair[1]})
                  if pair else malformed.append(g[:300]))
-            if p.qa_source == "cloze":
-                qa = [{"title": t, "variation": "cloze", "question": q, "answer": a} for t, c in qa_rows
-                      for q, a in cloze_pairs(t, c, p.qa_per_chunk)]
+            if p.qa_source != "proposed":
+                qa = [{"title": t, "variation": p.qa_source, "question": q, "answer": a} for t, c in qa_rows
+                      for q, a in cloze_pairs(t, c, p.qa_per_chunk, p.qa_source)]
             (tmp / "synthetic.json").write_text(json.dumps(
                 {"chunks": [{"title": t, "chunk": c} for t, c in chunk_rows], "summaries": summaries, "qa": qa,
                  "proposed": len(qa_jobs), "malformed": malformed, "qa_source": p.qa_source}, indent=1))
@@ -597,6 +609,28 @@ def conclusion(table: pd.DataFrame) -> str:
         lines.append(f"With {n_docs} test document(s) the interval over documents rests on very few clusters; read it "
                      "as a pipeline check, not as evidence for or against PaST.")
     return "\n".join(lines)
+
+
+def settings_check(variants: dict[str, LoogleParams], seed: int = 0, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How the cpu SFT settings are chosen without test documents: for each named variant of the params, the
+    knowledge SFT (both phases) on every document that is not a test document (validation and source rounds,
+    each its own domain, the same stages notebook 03 trains on them), scored on their real questions beside the
+    base model. Returns (one row per variant and Base: score, strict metrics, words per answer, and the paired
+    difference to Base with its interval over documents; every answer)."""
+    bench, frames = Loogle(), []
+    for name, p in variants.items():
+        engine = Engine(bench, p, seed, log)
+        for unit in [bench.validation(p), *bench.source_rounds(p)]:
+            for method, model in ((BASE, engine.base_model()), (name, engine.adapt(unit, "target_sft"))):
+                frames.append(engine.answers(model, unit, "validation").assign(method=method, seed=seed,
+                                                                               domain=unit.name))
+    answers = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "seed", "item"])
+    answers["words"] = [sum(len(a.split()) for a in json.loads(x)) / len(json.loads(x)) for x in answers.predictions]
+    table = summarize(answers, baseline=BASE, metrics=("score", *STRICT_METRICS))
+    table["words per answer"] = table.method.map(answers.groupby("method")["words"].mean().round(1))
+    per_doc = answers.pivot_table(index="method", columns="document", values="score", sort=False) * 100
+    table["per document"] = ["; ".join(f"{d}: {v:.1f}" for d, v in per_doc.loc[m].items()) for m in table.method]
+    return table, answers
 
 
 def orthogonality_pairs(study: Study) -> dict[str, pd.DataFrame]:

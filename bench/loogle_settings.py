@@ -1,0 +1,36 @@
+"""How notebook 03's cpu knowledge-SFT settings are chosen: on the documents that are not test documents.
+
+    PASTKIT_RUNS=... .venv/bin/python bench/loogle_settings.py
+
+Each variant of the QA-adaptation data (phase 2; `qa_source`) is trained, both SFT phases, on the validation
+document and on each source round's document, as notebook 03 trains them (`loogle.settings_check`; the stages
+are the same, so 03 reuses them), and scored on their real LooGLE questions beside the base model. Phase 1 is
+shared by the variants. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pastkit.benchmarks.loogle import LoogleParams, settings_check
+from pastkit.report import quiet_libraries
+
+VARIANTS = {  # the rule, fixed before any run: the largest token-F1 gain over Base on these documents
+    "phase 2 cloze: a sentence's opening -> its last third (the cpu default before)": {"qa_source": "cloze"},
+    "phase 2 recite: a sentence's opening -> the whole sentence": {"qa_source": "recite"},
+    "phase 2 keywords: a sentence's four longest words -> the whole sentence": {"qa_source": "keywords"},
+}
+
+
+def main() -> None:
+    quiet_libraries()
+    base = LoogleParams()
+    table, _ = settings_check({name: replace(base, **change) for name, change in VARIANTS.items()})
+    cols = ["method", "n_items", "n_documents", "score", "score_ci_low", "score_ci_high", "score_vs_baseline",
+            "score_vs_baseline_ci_low", "score_vs_baseline_ci_high", "contains", "exact", "words per answer",
+            "per document"]
+    print(table[[c for c in cols if c in table.columns]].to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
