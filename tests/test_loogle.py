@@ -1,11 +1,23 @@
 """LooGLE: documents are parsed safely and refused with the line named; the split by index is the paper's on a
-105-document file and never lets a test document into training; excerpts, proposed QA pairs and cloze pairs."""
+105-document file and never lets a test document into training; excerpts, proposed QA pairs and cloze pairs;
+the settings check stays off the test documents."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from pastkit.benchmarks.loogle import LoogleParams, cloze_pairs, excerpts, load_documents, parse_qa, split
+from pastkit.benchmarks.loogle import (
+    Loogle,
+    LoogleParams,
+    excerpts,
+    load_documents,
+    parse_qa,
+    sentence_pairs,
+    settings_check,
+    split,
+)
+from pastkit.config import load_profile
 
 
 def _line(title="T", text="Some text.", qa=None):
@@ -85,10 +97,20 @@ def test_proposed_pairs_are_parsed_or_rejected(text, pair):
     assert parse_qa(text) == pair
 
 
-def test_cloze_pairs_ask_for_the_end_of_a_sentence():
-    pairs = cloze_pairs("Doc", "Short one. The old lighthouse keeper painted the tower red every spring.", 3)
+def test_sentence_pairs_ask_for_the_end_of_a_sentence():
+    pairs = sentence_pairs("Doc", "Short one. The old lighthouse keeper painted the tower red every spring.", 3)
     assert pairs == [('In "Doc", how does this sentence end: "The old lighthouse keeper painted the ..."?',
                       "tower red every spring.")]  # ten words: the first six asked, the last four answered
+
+
+def test_recite_and_keyword_pairs_are_answered_with_the_whole_sentence():
+    text = "Short one. The old lighthouse keeper painted the tower red every spring."
+    sentence = "The old lighthouse keeper painted the tower red every spring."
+    (recite,) = sentence_pairs("Doc", text, 3, "recite")
+    assert recite == (sentence_pairs("Doc", text, 3)[0][0], sentence)  # the cloze question, the whole sentence
+    (keywords,) = sentence_pairs("Doc", text, 3, "keywords")
+    # the four longest words in the sentence's order, trailing punctuation stripped
+    assert keywords == ('What does "Doc" say about lighthouse, keeper, painted, spring?', sentence)
 
 
 def test_loogle_params_are_validated():
@@ -103,3 +125,17 @@ def test_loogle_params_are_validated():
     assert LoogleParams(excerpt_words=0).excerpt_words == 0  # 0 means whole documents
     with pytest.raises(ValueError, match="source_docs"):
         LoogleParams(source_docs=0)
+
+
+def test_settings_check_trains_and_scores_no_test_document(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+    p = LoogleParams.from_profile({**load_profile("smoke"), "summaries_per_chunk": 0})
+    table, answers = settings_check({"cloze": p, "keywords": replace(p, qa_source="keywords")}, log=lambda *_: None)
+    assert list(table.method) == ["Base", "cloze", "keywords"]
+    test_docs = set(Loogle().splits(p)["test"])
+    assert set(answers.document) == {2, 3, 4} and not test_docs & set(answers.document)  # validation + sources
+    assert (table.n_documents == 3).all() and (table["words per answer"] > 0).all()
+    assert table.set_index("method").loc["Base", "score_vs_baseline"] == 0
+    trained = {json.loads((s / "stage.json").read_text())["inputs"]["phase"] for s in (tmp_path / "runs").glob("sft-*")}
+    assert trained == {f"{d}/phase{k}" for d in ("validation", "source round 1", "source round 2") for k in (1, 2)}

@@ -255,7 +255,7 @@ def chunks(text: str, tok, size: int, overlap: int) -> list[str]:
     return [tok.decode(ids[i:i + size]) for i in range(0, max(1, len(ids) - overlap), step)]
 
 
-def cloze_pairs(title: str, chunk: str, k: int, kind: str = "cloze") -> list[tuple[str, str]]:
+def sentence_pairs(title: str, chunk: str, k: int, kind: str = "cloze") -> list[tuple[str, str]]:
     """Up to k question-answer pairs made from the text without a model, one per sentence of 8 words or more.
     For models that cannot follow the proposer prompt: SmolLM2-135M-Instruct gave 0 well-formed pairs of 12 at
     temperature 1.0 on a source document, and at temperature 0 it copies the prompt's example (README, LooGLE).
@@ -313,7 +313,7 @@ class LoogleParams(PastParams):
     qa_chunk_tokens: list = field(default_factory=lambda: [128])  # QA-generation windows (paper: 128, 256, 512)
     qa_overlap: int = 16                        # (paper E.2: 16)
     qa_per_chunk: int = 2                       # QA pairs per chunk (paper E.2: 8)
-    qa_source: str = "cloze"                    # "proposed" by the model (paper E.2); "cloze": SmolLM2-135M cannot
+    qa_source: str = "recite"                   # "proposed" (paper E.2); cpu: "recite", chosen on non-test docs
     gen_tokens: int = 128                       # max new tokens per summary or proposed QA pair
     gen_temperature: float = 1.0                # sampling temperature of the data generation (paper E.2)
     sft_max_len: int = 512                      # SFT sequence length in tokens (paper Table 13: 8192)
@@ -436,7 +436,7 @@ class Loogle:
                  if pair else malformed.append(g[:300]))
             if p.qa_source != "proposed":
                 qa = [{"title": t, "variation": p.qa_source, "question": q, "answer": a} for t, c in qa_rows
-                      for q, a in cloze_pairs(t, c, p.qa_per_chunk, p.qa_source)]
+                      for q, a in sentence_pairs(t, c, p.qa_per_chunk, p.qa_source)]
             (tmp / "synthetic.json").write_text(json.dumps(
                 {"chunks": [{"title": t, "chunk": c} for t, c in chunk_rows], "summaries": summaries, "qa": qa,
                  "proposed": len(qa_jobs), "malformed": malformed, "qa_source": p.qa_source}, indent=1))
