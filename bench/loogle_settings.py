@@ -5,20 +5,26 @@
 Each variant of the QA-adaptation data (phase 2; `qa_source`) is trained, both SFT phases, on the validation
 document and on each source round's document, as notebook 03 trains them (`loogle.settings_check`; the stages
 are the same, so 03 reuses them), and scored on their real LooGLE questions beside the base model. Phase 1 is
-shared by the variants. Prints a Markdown table.
+shared by the variants. Then each choice of GRPO's questions (`rl_qa_source`) is run through source distillation
+and judged by the validation document, as the RL checkpoint selection judges it (`loogle.rl_source_check`).
+Prints two Markdown tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from pastkit.benchmarks.loogle import LoogleParams, settings_check
+from pastkit.benchmarks.loogle import LoogleParams, rl_source_check, settings_check
 from pastkit.report import quiet_libraries
 
 VARIANTS = {  # the rule, fixed before any run: the largest token-F1 gain over Base on these documents
     "phase 2 cloze: a sentence's opening -> its last third (the cpu default before)": {"qa_source": "cloze"},
     "phase 2 recite: a sentence's opening -> the whole sentence (chosen)": {"qa_source": "recite"},
     "phase 2 keywords: a sentence's four longest words -> the whole sentence": {"qa_source": "keywords"},
+}
+RL_VARIANTS = {  # the rule, fixed before any run: the larger validation gain of v, summed over the rounds
+    "GRPO on phase 2's own questions (recite)": {"rl_qa_source": ""},
+    "GRPO on keywords questions": {"rl_qa_source": "keywords"},
 }
 
 
@@ -30,6 +36,8 @@ def main() -> None:
             "score_vs_baseline_ci_low", "score_vs_baseline_ci_high", "contains", "exact", "words per answer",
             "per document"]
     print(table[[c for c in cols if c in table.columns]].to_markdown(index=False))
+    print(rl_source_check({name: replace(base, **change) for name, change in RL_VARIANTS.items()}).to_markdown(
+        index=False))
 
 
 if __name__ == "__main__":

@@ -468,7 +468,8 @@ def rl_effect(study: Study) -> pd.DataFrame:
     """Did RL move the policy on its source documents? Per seed and round: the benchmark's own scoring of θ_init
     (where RL started) and of θ_rl on every question of the round's source documents, closed-book, with the
     paired difference and its interval over documents. Less noisy than the reward curve, whose quarters hold a
-    few sampled groups each. (SQuAD: RL trained on these questions; LooGLE: on cloze questions of the same text.)"""
+    few sampled groups each. (SQuAD: RL trained on these questions; LooGLE: on model-free questions of the same
+    text.)"""
     from .evaluation import bootstrap_interval, paired_difference
 
     rows = []
