@@ -23,7 +23,7 @@ VARIANTS = {  # the rule, fixed before any run: the largest token-F1 gain over B
     "phase 2 keywords: a sentence's four longest words -> the whole sentence": {"qa_source": "keywords"},
 }
 RL_VARIANTS = {  # the rule, fixed before any run: the larger validation gain of v, summed over the rounds
-    "GRPO on phase 2's own questions (recite)": {"rl_qa_source": ""},
+    "GRPO on phase 2's own questions (recite; chosen)": {"rl_qa_source": ""},
     "GRPO on keywords questions": {"rl_qa_source": "keywords"},
 }
 

@@ -18,6 +18,7 @@ from pastkit.benchmarks.loogle import (
     split,
 )
 from pastkit.config import load_profile
+from pastkit.past import Engine
 
 
 def _line(title="T", text="Some text.", qa=None):
@@ -118,6 +119,8 @@ def test_loogle_params_are_validated():
         LoogleParams(chunk_tokens=[])
     with pytest.raises(ValueError, match="qa_source"):
         LoogleParams(qa_source="gpt")
+    with pytest.raises(ValueError, match="rl_qa_source"):
+        LoogleParams(rl_qa_source="gpt")
     with pytest.raises(ValueError, match="phase_schedule"):
         LoogleParams(phase_schedule="cosine_with_restarts")
     with pytest.raises(ValueError, match="overlaps"):
@@ -139,3 +142,19 @@ def test_settings_check_trains_and_scores_no_test_document(tmp_path, monkeypatch
     assert table.set_index("method").loc["Base", "score_vs_baseline"] == 0
     trained = {json.loads((s / "stage.json").read_text())["inputs"]["phase"] for s in (tmp_path / "runs").glob("sft-*")}
     assert trained == {f"{d}/phase{k}" for d in ("validation", "source round 1", "source round 2") for k in (1, 2)}
+
+
+def test_grpo_asks_the_rl_sources_questions_and_phase_2_trains_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+    p = LoogleParams.from_profile({**load_profile("smoke"), "summaries_per_chunk": 0, "qa_source": "recite",
+                                   "rl_qa_source": "keywords"})
+    bench, quiet = Loogle(), (lambda *_: None)
+    engine = Engine(bench, p, 0, quiet)
+    domain = bench.source_rounds(p)[0]
+    phase2 = bench.sft_phases(engine, domain, "source")[1].records
+    assert phase2 and all("how does this sentence end" in r["prompt"][0]["content"] for r in phase2)
+    asked = bench.rl_task(engine, domain).columns["question"]
+    assert asked and all(q.startswith("What does") for q in asked)  # keywords questions, not phase 2's
+    same = bench.rl_task(Engine(bench, replace(p, rl_qa_source=""), 0, quiet), domain).columns["question"]
+    assert same and all("how does this sentence end" in q for q in same)  # empty: phase 2's own pairs
