@@ -487,8 +487,9 @@ class Loogle:
 
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
         """The domain's synthetic questions (`rl_qa_source`, else phase 2's), closed-book; reward = the judge vs
-        their answers. A model that phase 2 taught its own training pairs gets the same reward in every sample
-        of a group, so nothing to learn from: the cpu profile asks GRPO questions of another kind."""
+        their answers. A model that phase 2 taught its own pairs can get the same reward in every sample of a
+        group (nothing to learn); `rl_qa_source` asks questions of another kind (at cpu scale that did not help
+        on validation, README)."""
         source = engine.p.rl_qa_source or engine.p.qa_source
         return closed_book_task(self.synthetic(engine, domain, source)["qa"], QA_PROMPT, engine.judge, engine.seed,
                                 engine.p.rl_prompts, data=f"{source} QA pairs")
