@@ -158,3 +158,5 @@ def test_grpo_asks_the_rl_sources_questions_and_phase_2_trains_its_own(tmp_path,
     assert asked and all(q.startswith("What does") for q in asked)  # keywords questions, not phase 2's
     same = bench.rl_task(Engine(bench, replace(p, rl_qa_source=""), 0, quiet), domain).columns["question"]
     assert same and all("how does this sentence end" in q for q in same)  # empty: phase 2's own pairs
+    # one synthetic stage per domain serves every source: nothing (summaries, proposals) is generated twice
+    assert len(list((tmp_path / "runs").glob("synthetic-*"))) == 1

@@ -403,14 +403,15 @@ class Loogle:
         return [self._domain(p, "test", self.splits(p)["test"])]
 
     # -- synthetic data (E.2), made by the base model ------------------------------------------------
-    def synthetic(self, engine: Engine, domain: Domain, qa_source: str = "") -> dict:
-        """Summaries (Table 12) and QA pairs (proposed by the base model, Tables 10-11, or made without a model)
-        for a domain; cached. `qa_source` overrides the params' (GRPO's questions, `rl_qa_source`).
-        Returns {"chunks", "summaries", "qa", "proposed", "malformed"}."""
+    def synthetic(self, engine: Engine, domain: Domain) -> dict:
+        """Summaries (Table 12) for a domain, its QA chunks, and the QA pairs the base model proposed from them
+        (Tables 10-11; only when `qa_source` or `rl_qa_source` is "proposed"); cached, one stage per domain
+        whatever the sources. Returns {"chunks", "qa_chunks", "summaries", "proposed_qa", "proposed",
+        "malformed", "file"}; `qa_pairs` turns it into a source's pairs."""
         from transformers import AutoTokenizer
 
         p = engine.p
-        qa_source = qa_source or p.qa_source
+        propose = "proposed" in (p.qa_source, p.rl_qa_source)
 
         def build(tmp: Path):
             tok = AutoTokenizer.from_pretrained(engine.base)
@@ -425,7 +426,7 @@ class Loogle:
             sum_jobs = [(t, c, rng.randrange(len(SUMMARY_TEMPLATES))) for t, c in chunk_rows
                         for _ in range(p.summaries_per_chunk)]
             qa_jobs = [(t, c, (i * p.qa_per_chunk + j) % len(VARIATIONS)) for i, (t, c) in enumerate(qa_rows)
-                       for j in range(p.qa_per_chunk)] if qa_source == "proposed" else []
+                       for j in range(p.qa_per_chunk)] if propose else []
             prompts = [SUMMARY_TEMPLATES[k].format(text_segment=c) for _, c, k in sum_jobs] + \
                       [PROPOSER.format(task=VARIATIONS[k][1], example=VARIATIONS[k][2], text_segment=c)
                        for _, c, k in qa_jobs]
@@ -434,30 +435,40 @@ class Loogle:
                 seed=engine.seed, use_vllm=p.use_vllm, desc="synthetic data")] if prompts else []
             summaries = [{"title": t, "chunk": c, "template": k, "summary": s}
                          for (t, c, k), s in zip(sum_jobs, outs) if s]
-            qa, malformed = [], []
+            proposed_qa, malformed = [], []
             for (t, _, k), g in zip(qa_jobs, outs[len(sum_jobs):]):
                 pair = parse_qa(g)
-                (qa.append({"title": t, "variation": VARIATIONS[k][0], "question": pair[0], "answer": pair[1]})
-                 if pair else malformed.append(g[:300]))
-            if qa_source != "proposed":
-                qa = [{"title": t, "variation": qa_source, "question": q, "answer": a} for t, c in qa_rows
-                      for q, a in sentence_pairs(t, c, p.qa_per_chunk, qa_source)]
+                (proposed_qa.append({"title": t, "variation": VARIATIONS[k][0], "question": pair[0],
+                                     "answer": pair[1]}) if pair else malformed.append(g[:300]))
             (tmp / "synthetic.json").write_text(json.dumps(
-                {"chunks": [{"title": t, "chunk": c} for t, c in chunk_rows], "summaries": summaries, "qa": qa,
-                 "proposed": len(qa_jobs), "malformed": malformed, "qa_source": qa_source}, indent=1))
+                {"chunks": [{"title": t, "chunk": c} for t, c in chunk_rows],
+                 "qa_chunks": [{"title": t, "chunk": c} for t, c in qa_rows], "summaries": summaries,
+                 "proposed_qa": proposed_qa, "proposed": len(qa_jobs), "malformed": malformed}, indent=1))
 
         key = {"base": engine.base_key, "domain": domain.key,
                "gen": [p.chunk_tokens, p.chunk_overlap, p.summaries_per_chunk, p.qa_chunk_tokens, p.qa_overlap,
-                       p.qa_per_chunk, qa_source, p.gen_tokens, p.gen_temperature]}
+                       p.qa_per_chunk, propose, p.gen_tokens, p.gen_temperature]}
         stage = engine.stage("synthetic", key, build, expect=("synthetic.json",),
                              code=("pastkit.generation", *self.code))
-        data = json.loads((stage.path / "synthetic.json").read_text())
-        if not data["qa"]:
-            raise ValueError(f"{domain.name}: the model proposed no well-formed question-answer pair "
-                             f"({len(data['malformed'])} of {data['proposed']} generations malformed; "
-                             f"see {stage.path / 'synthetic.json'}); raise qa_per_chunk, use a stronger model, "
-                             "or a model-free qa_source ('recite', 'cloze', 'keywords')")
-        return data
+        return {**json.loads((stage.path / "synthetic.json").read_text()), "file": stage.path / "synthetic.json"}
+
+    def qa_pairs(self, engine: Engine, domain: Domain, source: str = "") -> list[dict]:
+        """A domain's QA pairs of one `source` (default: `qa_source`, phase 2's): the base model's proposals, or
+        pairs made from the same QA chunks without a model (`sentence_pairs`). None is a clear error."""
+        p, data = engine.p, self.synthetic(engine, domain)
+        source = source or p.qa_source
+        if source == "proposed":
+            qa = data["proposed_qa"]
+        else:
+            qa = [{"title": c["title"], "variation": source, "question": q, "answer": a} for c in data["qa_chunks"]
+                  for q, a in sentence_pairs(c["title"], c["chunk"], p.qa_per_chunk, source)]
+        if not qa:
+            why = (f"the model proposed no well-formed question-answer pair ({len(data['malformed'])} of "
+                   f"{data['proposed']} generations malformed; see {data['file']}); raise qa_per_chunk, use a "
+                   "stronger model, or a model-free source ('recite', 'cloze', 'keywords')" if source == "proposed"
+                   else f"no sentence of 8 words or more in its QA chunks to make {source!r} pairs from")
+            raise ValueError(f"{domain.name}: {why}")
+        return qa
 
     def sft_phases(self, engine: Engine, domain: Domain, variant: str) -> list[SFTPhase]:
         """Phase 1, knowledge encoding: verbatim chunks, chunk -> summary, summary -> chunk (and, with
@@ -477,7 +488,8 @@ class Loogle:
             phase1.append({"prompt": rng.choice(RECALL_TEMPLATES).format(summary=s["summary"]),
                            "completion": s["chunk"]})
         phase2 = [{"prompt": [{"role": "user", "content": QA_PROMPT.format(question=q["question"])}],
-                   "completion": [{"role": "assistant", "content": q["answer"]}]} for q in data["qa"]]
+                   "completion": [{"role": "assistant", "content": q["answer"]}]}
+                  for q in self.qa_pairs(engine, domain)]
         return [SFTPhase(f"{domain.name}/phase1", phase1,
                          SFTSpec(p.phase1_epochs, p.phase1_lr, p.sft_batch, 1, p.sft_max_len,
                                  schedule=p.phase_schedule)),
@@ -491,7 +503,7 @@ class Loogle:
         group (nothing to learn); `rl_qa_source` asks questions of another kind (at cpu scale that did not help
         on validation, README)."""
         source = engine.p.rl_qa_source or engine.p.qa_source
-        return closed_book_task(self.synthetic(engine, domain, source)["qa"], QA_PROMPT, engine.judge, engine.seed,
+        return closed_book_task(self.qa_pairs(engine, domain, source), QA_PROMPT, engine.judge, engine.seed,
                                 engine.p.rl_prompts, data=f"{source} QA pairs")
 
     # -- scoring (E.5) ---------------------------------------------------------------------------------
@@ -524,7 +536,7 @@ class Loogle:
 
 def data_report(study: Study) -> pd.DataFrame:
     """Per domain (first seed): documents, questions kept and dropped by the excerpting, chunks, summaries, and
-    proposed QA pairs kept and malformed."""
+    phase 2's QA pairs, and malformed proposals."""
     engine, bench, p = study.engines[0], study.benchmark, study.params
     domains = [*bench.source_rounds(p), bench.validation(p), *bench.target_units(p)]
     rows = []
@@ -534,7 +546,8 @@ def data_report(study: Study) -> pd.DataFrame:
                      "questions": sum(len(x["qa"]) for x in d.data["docs"]),
                      "questions dropped (evidence not found)": sum(x["dropped"] for x in d.data["docs"]),
                      "words trained on": sum(len(t.split()) for x in d.data["docs"] for t in x["texts"]),
-                     "chunks": len(s["chunks"]), "summaries": len(s["summaries"]), "QA pairs": len(s["qa"]),
+                     "chunks": len(s["chunks"]), "summaries": len(s["summaries"]),
+                     "QA pairs": len(bench.qa_pairs(engine, d)),
                      "malformed proposals": len(s["malformed"])})
     return pd.DataFrame(rows)
 
@@ -650,7 +663,7 @@ def rl_source_check(variants: dict[str, LoogleParams], log=print) -> pd.DataFram
     rows = []
     for name, p in variants.items():
         study = Study.run(Loogle(), p, log)
-        engine, validation = study.engines[0], Loogle().validation(p)
+        engine, validation = study.engines[0], study.benchmark.validation(p)
         target = float(engine.answers(engine.adapt(validation, "target_sft"), validation, "validation")["score"].mean())
         for r, rl in zip(study.rounds[engine.seed], rounds_table(study).itertuples()):
             chosen = r.selection["scores"][r.selection["chosen"]] if r.selection else float("nan")
