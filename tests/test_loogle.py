@@ -160,3 +160,22 @@ def test_grpo_asks_the_rl_sources_questions_and_phase_2_trains_its_own(tmp_path,
     assert same and all("how does this sentence end" in q for q in same)  # empty: phase 2's own pairs
     # one synthetic stage per domain serves every source: nothing (summaries, proposals) is generated twice
     assert len(list((tmp_path / "runs").glob("synthetic-*"))) == 1
+
+
+def test_rl_holdout_keeps_grpos_questions_out_of_the_sources_phase_2_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+    p = LoogleParams.from_profile({**load_profile("smoke"), "summaries_per_chunk": 0, "qa_source": "recite",
+                                   "rl_holdout": 0.5, "rl_prompts": 100})
+    bench, quiet = Loogle(), (lambda *_: None)
+    engine = Engine(bench, p, 0, quiet)
+    domain = bench.source_rounds(p)[0]
+    answer = lambda r: r["completion"][0]["content"]  # noqa: E731
+    trained = {answer(r) for r in bench.sft_phases(engine, domain, "source")[1].records}
+    everything = {answer(r) for r in bench.sft_phases(engine, domain, "target")[1].records}
+    asked = set(bench.rl_task(engine, domain).columns["gold"])
+    assert trained and asked and not trained & asked  # GRPO asks only what the source's phase 2 left out
+    assert trained | asked == everything  # and a target's phase 2 trains every pair
+    assert abs(len(asked) - len(everything) / 2) <= 1
+    with pytest.raises(ValueError, match="rl_holdout"):
+        LoogleParams(rl_holdout=1.0)

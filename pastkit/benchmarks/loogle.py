@@ -315,6 +315,7 @@ class LoogleParams(PastParams):
     qa_per_chunk: int = 2                       # QA pairs per chunk (paper E.2: 8)
     qa_source: str = "recite"                   # "proposed" (paper E.2); cpu: "recite", chosen on non-test docs
     rl_qa_source: str = ""                      # GRPO's questions; "": phase 2's (paper; cpu: chosen on validation)
+    rl_holdout: float = 0.0                     # share of a source's pairs kept out of its phase 2 for GRPO to ask
     gen_tokens: int = 128                       # max new tokens per summary or proposed QA pair
     gen_temperature: float = 1.0                # sampling temperature of the data generation (paper E.2)
     sft_max_len: int = 512                      # SFT sequence length in tokens (paper Table 13: 8192)
@@ -345,6 +346,8 @@ class LoogleParams(PastParams):
             raise ValueError(f"qa_source={self.qa_source!r}: one of {QA_SOURCES}")
         if self.rl_qa_source not in ("", *QA_SOURCES):
             raise ValueError(f"rl_qa_source={self.rl_qa_source!r}: empty (phase 2's pairs) or one of {QA_SOURCES}")
+        if not 0 <= self.rl_holdout < 1:
+            raise ValueError(f"rl_holdout={self.rl_holdout!r}: a share in [0, 1) of a source's pairs")
         if self.gen_temperature < 0 or self.eval_temperature < 0:
             raise ValueError("temperatures must be >= 0")
 
@@ -470,10 +473,17 @@ class Loogle:
             raise ValueError(f"{domain.name}: {why}")
         return qa
 
+    def held_out(self, engine: Engine, n: int) -> set[int]:
+        """Which of a source domain's n QA pairs its phase 2 leaves for GRPO (`rl_holdout`): a share drawn with
+        the seed. The model-free sources make their pairs from the same sentences in the same order, so the
+        indices name the same sentences whichever source GRPO asks."""
+        return set(random.Random(engine.seed).sample(range(n), round(engine.p.rl_holdout * n)))
+
     def sft_phases(self, engine: Engine, domain: Domain, variant: str) -> list[SFTPhase]:
         """Phase 1, knowledge encoding: verbatim chunks, chunk -> summary, summary -> chunk (and, with
-        `phase1_sentences`, every sentence on its own). Phase 2, QA adaptation:
-        the proposed pairs as closed-book chat turns (the format RL and evaluation use). Same for source and target."""
+        `phase1_sentences`, every sentence on its own). Phase 2, QA adaptation: the `qa_source` pairs as
+        closed-book chat turns (the format RL and evaluation use). Same for source and target, except that a
+        source's phase 2 leaves out the `rl_holdout` share that its GRPO asks."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown SFT data variant {variant!r}; known: {VARIANTS}")
         p, data = engine.p, self.synthetic(engine, domain)
@@ -487,9 +497,12 @@ class Loogle:
                            "completion": s["summary"]})
             phase1.append({"prompt": rng.choice(RECALL_TEMPLATES).format(summary=s["summary"]),
                            "completion": s["chunk"]})
+        qa = self.qa_pairs(engine, domain)
+        if variant == "source":  # the pairs GRPO will ask (`rl_holdout`) stay out of the source's phase 2
+            held = self.held_out(engine, len(qa))
+            qa = [q for i, q in enumerate(qa) if i not in held]
         phase2 = [{"prompt": [{"role": "user", "content": QA_PROMPT.format(question=q["question"])}],
-                   "completion": [{"role": "assistant", "content": q["answer"]}]}
-                  for q in self.qa_pairs(engine, domain)]
+                   "completion": [{"role": "assistant", "content": q["answer"]}]} for q in qa]
         return [SFTPhase(f"{domain.name}/phase1", phase1,
                          SFTSpec(p.phase1_epochs, p.phase1_lr, p.sft_batch, 1, p.sft_max_len,
                                  schedule=p.phase_schedule)),
@@ -500,11 +513,18 @@ class Loogle:
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
         """The domain's synthetic questions (`rl_qa_source`, else phase 2's), closed-book; reward = the judge vs
         their answers. A model that phase 2 taught its own pairs can get the same reward in every sample of a
-        group (nothing to learn); `rl_qa_source` asks questions of another kind (at cpu scale that did not help
-        on validation, README)."""
-        source = engine.p.rl_qa_source or engine.p.qa_source
-        return closed_book_task(self.qa_pairs(engine, domain, source), QA_PROMPT, engine.judge, engine.seed,
-                                engine.p.rl_prompts, data=f"{source} QA pairs")
+        group (nothing to learn): `rl_qa_source` asks questions of another kind, `rl_holdout` asks about the
+        sentences phase 2 left out (facts phase 1 taught, questions never trained; README, LooGLE)."""
+        p = engine.p
+        source = p.rl_qa_source or p.qa_source
+        qa, data = self.qa_pairs(engine, domain, source), f"{source} QA pairs"
+        if p.rl_holdout:
+            held = self.held_out(engine, len(self.qa_pairs(engine, domain)))
+            qa = [q for i, q in enumerate(qa) if i in held]
+            data += f", the {p.rl_holdout:g} share phase 2 left out"
+            if not qa:
+                raise ValueError(f"{domain.name}: rl_holdout={p.rl_holdout:g} leaves no pair for GRPO; raise it")
+        return closed_book_task(qa, QA_PROMPT, engine.judge, engine.seed, p.rl_prompts, data=data)
 
     # -- scoring (E.5) ---------------------------------------------------------------------------------
     def scoring(self, engine: Engine) -> dict:
