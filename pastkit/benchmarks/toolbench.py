@@ -157,6 +157,7 @@ class ToolbenchParams(PastParams):
     rounds: int = 1                             # one source category (paper Sec. 5.2: Movies, one round)
     judge: str = "token_f1"                     # solution judge: "token_f1" (grounded rules) or "llm" (Table 18)
     rl_prompts: int = 4                         # Movies queries used for RL (paper: RL for 180 PPO steps)
+    rl_epochs: int = 3                          # passes over them: 12 GRPO steps (cpu: 4 steps did not move v)
     rl_max_new_tokens: int = 80                 # tokens per agent turn (paper Table 19: 1024 per response)
     rl_lr: float = 1e-5                         # GRPO LR (paper Table 19: PPO actor 1e-6)
     queries: str = "shipped"                    # "shipped" (StableToolBench solvable test set) or its folder
