@@ -315,7 +315,7 @@ class LoogleParams(PastParams):
     qa_per_chunk: int = 2                       # QA pairs per chunk (paper E.2: 8)
     qa_source: str = "recite"                   # "proposed" (paper E.2); cpu: "recite", chosen on non-test docs
     rl_qa_source: str = ""                      # GRPO's questions; "": phase 2's (paper; cpu: chosen on validation)
-    rl_holdout: float = 0.0                     # share of a source's pairs kept out of its phase 2 for GRPO to ask
+    rl_holdout: float = 0.0                     # a source's pairs phase 2 leaves to GRPO (cpu: 0, on validation)
     gen_tokens: int = 128                       # max new tokens per summary or proposed QA pair
     gen_temperature: float = 1.0                # sampling temperature of the data generation (paper E.2)
     sft_max_len: int = 512                      # SFT sequence length in tokens (paper Table 13: 8192)
