@@ -179,3 +179,6 @@ def test_rl_holdout_keeps_grpos_questions_out_of_the_sources_phase_2_only(tmp_pa
     assert abs(len(asked) - len(everything) / 2) <= 1
     with pytest.raises(ValueError, match="rl_holdout"):
         LoogleParams(rl_holdout=1.0)
+    greedy = Engine(bench, replace(p, rl_holdout=0.9999), 0, quiet)
+    with pytest.raises(ValueError, match="source round 1: rl_holdout=0.9999 leaves phase 2 no pair"):
+        bench.sft_phases(greedy, domain, "source")

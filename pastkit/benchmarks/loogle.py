@@ -501,6 +501,8 @@ class Loogle:
         if variant == "source":  # the pairs GRPO will ask (`rl_holdout`) stay out of the source's phase 2
             held = self.held_out(engine, len(qa))
             qa = [q for i, q in enumerate(qa) if i not in held]
+            if not qa:
+                raise ValueError(f"{domain.name}: rl_holdout={p.rl_holdout:g} leaves phase 2 no pair; lower it")
         phase2 = [{"prompt": [{"role": "user", "content": QA_PROMPT.format(question=q["question"])}],
                    "completion": [{"role": "assistant", "content": q["answer"]}]} for q in qa]
         return [SFTPhase(f"{domain.name}/phase1", phase1,
