@@ -229,6 +229,16 @@ def test_alignment_examples_come_from_schemas_and_make_valid_calls():
         listed = call["prompt"][0]["content"].split("specific set of APIs: ")[1].split(". You must")[0].split(", ")
         assert act(step, listed, sim).kind == "success", step
         assert parse_step(finish["completion"][0]["content"]).action == "Finish"
+    # with recovery: a call without the required parameters, its error, then the valid call
+    recovering = alignment_records(data["tools"], names, 0, seed=0, recovery=True)
+    extra = [r for r in recovering if r not in records]
+    assert len(extra) == sum(1 for n in names if data["tools"][n]["required_parameters"]) > 0
+    for r in extra:
+        failed, observation = parse_step(r["prompt"][2]["content"]), r["prompt"][3]["content"]
+        assert failed.action_input == {} and "missing required parameter" in observation
+        listed = r["prompt"][0]["content"].split("specific set of APIs: ")[1].split(". You must")[0].split(", ")
+        retry = parse_step(r["completion"][0]["content"])
+        assert retry.action == failed.action and act(retry, listed, sim).kind == "success", retry
 
 
 def test_fig3_table_pairs_by_query_and_averages_over_categories():

@@ -172,6 +172,7 @@ class ToolbenchParams(PastParams):
     stage2_lr: float = 2e-4                     # (paper Table 15: 2e-5; cpu: chosen on Movies, README)
     alignment_apis: int = 0                     # APIs per domain given Stage 2 ReAct examples (0: all; paper: all)
     stage2_replay: bool = True                  # Stage 2 also replays Stage 1's pairs (kit's; Movies validation)
+    stage2_recovery: bool = False               # Stage 2 also shows a failed call corrected (kit's; see README)
     tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
     tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
     max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; cpu: time)
@@ -315,7 +316,8 @@ class Toolbench:
                 stage1.append(_pair(PAIR_PROMPTS["B"].format(intent=_intent(api)), f"The API is {n}. {d}"))
             stage1.append(_pair(PAIR_PROMPTS["C"].format(intent=_intent(api)), schema))
             stage1.append(_pair(PAIR_PROMPTS["D"].format(name=n), schema))
-        stage2 = alignment_records(tools, names, p.alignment_apis, engine.seed) + (stage1 if p.stage2_replay else [])
+        stage2 = alignment_records(tools, names, p.alignment_apis, engine.seed, p.stage2_recovery) + \
+            (stage1 if p.stage2_replay else [])
         return [SFTPhase("stage1/knowledge", stage1, SFTSpec(p.stage1_epochs, p.stage1_lr, p.tool_sft_batch, 1,
                                                               p.tool_sft_max_len)),
                 SFTPhase("stage2/react", stage2, SFTSpec(p.stage2_epochs, p.stage2_lr, p.tool_sft_batch, 1,
@@ -395,11 +397,15 @@ def _pair(prompt: str, completion: str) -> dict:
             "completion": [{"role": "assistant", "content": completion}]}
 
 
-def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int) -> list[dict]:
+def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int, recovery: bool = False) -> list[dict]:
     """Stage 2 (F.2): ReAct format alignment built from the schemas, never from test queries. For `n_apis` of
     the domain's APIs (0: all; drawn by `seed`): the request is the API's own description; the agent prompt
     lists it among up to 4 other APIs of the domain; one record teaches the first step (Thought / Action /
-    valid Action Input), one the Finish after the deterministic simulator's observation of that call."""
+    valid Action Input), one the Finish after the deterministic simulator's observation of that call.
+
+    With `recovery`, an API with required parameters gets a third record: the same request answered first by a
+    call without them, the simulator's error, then the valid call. Without it every example shows a call that
+    succeeded, and the trained model calls Finish right after an error (README, ToolBench)."""
     sim, rng, records = RulesSimulator(tools), random.Random(seed), []
     chosen = sorted(rng.sample(names, min(n_apis, len(names)))) if n_apis else names
     for n in chosen:
@@ -418,6 +424,14 @@ def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int) -> 
         records.append({"prompt": [*prompt, {"role": "assistant", "content": call},
                                    {"role": "user", "content": f"Observation: {obs.observation}"}],
                         "completion": [{"role": "assistant", "content": finish}]})
+        if recovery and args:
+            wrong, failed = f"Thought: {n} serves this request.\nAction: {n}\nAction Input: {{}}", sim.call(n, {})
+            retry = call.replace(f"Thought: {n} serves this request.",
+                                 f"Thought: The call failed ({json.loads(failed.observation)['error']}); I call {n} "
+                                 "again with them.")
+            records.append({"prompt": [*prompt, {"role": "assistant", "content": wrong},
+                                       {"role": "user", "content": f"Observation: {failed.observation}"}],
+                            "completion": [{"role": "assistant", "content": retry}]})
     return records
 
 
