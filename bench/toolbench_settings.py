@@ -22,7 +22,7 @@ from pastkit.report import quiet_libraries
 # default; those two are not re-run.
 VARIANTS = {
     "Stage 2: 2 epochs, Stage 1 replayed (the cpu default)": {"stage2_recovery": False},
-    "Stage 2: the same plus a failed call corrected per API": {"stage2_recovery": True},
+    "Stage 2: the same plus failed calls (missing, wrongly typed) corrected": {"stage2_recovery": True},
 }
 
 

@@ -229,16 +229,20 @@ def test_alignment_examples_come_from_schemas_and_make_valid_calls():
         listed = call["prompt"][0]["content"].split("specific set of APIs: ")[1].split(". You must")[0].split(", ")
         assert act(step, listed, sim).kind == "success", step
         assert parse_step(finish["completion"][0]["content"]).action == "Finish"
-    # with recovery: a call without the required parameters, its error, then the valid call
+    # with recovery: a call without the required parameters or with a wrongly typed one, its error, the valid call
     recovering = alignment_records(data["tools"], names, 0, seed=0, recovery=True)
     extra = [r for r in recovering if r not in records]
-    assert len(extra) == sum(1 for n in names if data["tools"][n]["required_parameters"]) > 0
+    with_required = [n for n in names if data["tools"][n]["required_parameters"]]
+    assert len(with_required) < len(extra) <= 2 * len(with_required)
+    kinds = []
     for r in extra:
         failed, observation = parse_step(r["prompt"][2]["content"]), r["prompt"][3]["content"]
-        assert failed.action_input == {} and "missing required parameter" in observation
+        kinds.append("missing" if failed.action_input == {} else "type")
+        assert ("missing required parameter" if kinds[-1] == "missing" else "must be of type") in observation
         listed = r["prompt"][0]["content"].split("specific set of APIs: ")[1].split(". You must")[0].split(", ")
         retry = parse_step(r["completion"][0]["content"])
         assert retry.action == failed.action and act(retry, listed, sim).kind == "success", retry
+    assert kinds.count("missing") == len(with_required) and "type" in kinds
 
 
 def test_fig3_table_pairs_by_query_and_averages_over_categories():

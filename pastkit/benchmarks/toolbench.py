@@ -48,6 +48,7 @@ from ..tool_use import (
     run_episodes,
     schema_json,
     task_messages,
+    type_error,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "toolbench" / "toolbench.json"
@@ -172,7 +173,7 @@ class ToolbenchParams(PastParams):
     stage2_lr: float = 2e-4                     # (paper Table 15: 2e-5; cpu: chosen on Movies, README)
     alignment_apis: int = 0                     # APIs per domain given Stage 2 ReAct examples (0: all; paper: all)
     stage2_replay: bool = True                  # Stage 2 also replays Stage 1's pairs (kit's; Movies validation)
-    stage2_recovery: bool = False               # Stage 2 also shows a failed call corrected (kit's; see README)
+    stage2_recovery: bool = False               # Stage 2 also shows failed calls corrected (kit's; see README)
     tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
     tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
     max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; cpu: time)
@@ -403,9 +404,11 @@ def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int, rec
     lists it among up to 4 other APIs of the domain; one record teaches the first step (Thought / Action /
     valid Action Input), one the Finish after the deterministic simulator's observation of that call.
 
-    With `recovery`, an API with required parameters gets a third record: the same request answered first by a
-    call without them, the simulator's error, then the valid call. Without it every example shows a call that
-    succeeded, and the trained model calls Finish right after an error (README, ToolBench)."""
+    With `recovery`, an API with required parameters gets more records, each the same request answered first by
+    a failed call, the simulator's error, then the valid call: one call without the required parameters and,
+    where a required parameter has a checked type, one with a value of the wrong type (`_wrong_type`). Without
+    them every example shows a call that succeeded, and the trained model calls Finish right after an error
+    (README, ToolBench)."""
     sim, rng, records = RulesSimulator(tools), random.Random(seed), []
     chosen = sorted(rng.sample(names, min(n_apis, len(names)))) if n_apis else names
     for n in chosen:
@@ -425,14 +428,25 @@ def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int, rec
                                    {"role": "user", "content": f"Observation: {obs.observation}"}],
                         "completion": [{"role": "assistant", "content": finish}]})
         if recovery and args:
-            wrong, failed = f"Thought: {n} serves this request.\nAction: {n}\nAction Input: {{}}", sim.call(n, {})
-            retry = call.replace(f"Thought: {n} serves this request.",
-                                 f"Thought: The call failed ({json.loads(failed.observation)['error']}); I call {n} "
-                                 "again with them.")
-            records.append({"prompt": [*prompt, {"role": "assistant", "content": wrong},
-                                       {"role": "user", "content": f"Observation: {failed.observation}"}],
-                            "completion": [{"role": "assistant", "content": retry}]})
+            typed = next(({**args, q["name"]: bad} for q in api["required_parameters"]
+                          if type_error(q, bad := _wrong_type(q))), None)
+            for wrong_args in ({}, typed) if typed else ({},):
+                failed = sim.call(n, wrong_args)
+                wrong = f"Thought: {n} serves this request.\nAction: {n}\nAction Input: {json.dumps(wrong_args)}"
+                retry = call.replace(f"Thought: {n} serves this request.",
+                                     f"Thought: The call failed ({json.loads(failed.observation)['error']}); I call "
+                                     f"{n} again with valid arguments.")
+                records.append({"prompt": [*prompt, {"role": "assistant", "content": wrong},
+                                           {"role": "user", "content": f"Observation: {failed.observation}"}],
+                                "completion": [{"role": "assistant", "content": retry}]})
     return records
+
+
+def _wrong_type(param: dict):
+    """A value of the wrong type for the parameter: a number where a string is expected, a string otherwise
+    (the caller keeps it only where the simulator's `type_error` rejects it)."""
+    kind = str(param.get("type", "")).upper()
+    return 1 if kind in ("STRING", "ENUM", "BINARY") or kind.startswith(("DATE", "TIME")) else "1"
 
 
 # ---------------------------------------------------------------------------------------------------
