@@ -21,8 +21,8 @@ from pastkit.report import quiet_libraries
 # default. At d31355a "2 epochs, Stage 1 replayed" beat 1 epoch with and without replay (README) and became the
 # default; those two are not re-run.
 VARIANTS = {
-    "Stage 2: 2 epochs, Stage 1 replayed": {"stage2_recovery": False},
-    "Stage 2: the same plus failed calls corrected (the cpu default)": {"stage2_recovery": True},
+    "Stage 2: 2 epochs, Stage 1 replayed (the cpu default)": {"stage2_recovery": False},
+    "Stage 2: the same plus failed calls corrected (stage2_recovery)": {"stage2_recovery": True},
 }
 
 
