@@ -416,11 +416,11 @@ def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int, rec
         others = rng.sample([m for m in names if m != n], min(4, len(names) - 1))
         listed = sorted([n, *others])
         args = {q["name"]: _example_value(q) for q in api["required_parameters"]}
-        call = f"Thought: {n} serves this request.\nAction: {n}\nAction Input: {json.dumps(args, ensure_ascii=False)}"
+        call = _react_step(f"{n} serves this request.", n, json.dumps(args, ensure_ascii=False))
         obs = sim.call(n, args)
         answer = json.dumps({"final_answer": ", ".join(leaves(obs.response)[:4]) or obs.observation[:200]},
                             ensure_ascii=False)
-        finish = f"Thought: The observation answers the request.\nAction: {FINISH}\nAction Input: {answer}"
+        finish = _react_step("The observation answers the request.", FINISH, answer)
         prompt = [{"role": "system", "content": agent_prompt(listed)},
                   {"role": "user", "content": f"Please help me with this: {_intent(api)}"}]
         records.append({"prompt": prompt, "completion": [{"role": "assistant", "content": call}]})
@@ -432,14 +432,18 @@ def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int, rec
                           if type_error(q, bad := _wrong_type(q))), None)
             for wrong_args in ({}, typed) if typed else ({},):
                 failed = sim.call(n, wrong_args)
-                wrong = f"Thought: {n} serves this request.\nAction: {n}\nAction Input: {json.dumps(wrong_args)}"
-                retry = call.replace(f"Thought: {n} serves this request.",
-                                     f"Thought: The call failed ({json.loads(failed.observation)['error']}); I call "
-                                     f"{n} again with valid arguments.")
+                wrong = _react_step(f"{n} serves this request.", n, json.dumps(wrong_args))
+                retry = _react_step(f"The call failed ({json.loads(failed.observation)['error']}); I call {n} again "
+                                    "with valid arguments.", n, json.dumps(args, ensure_ascii=False))
                 records.append({"prompt": [*prompt, {"role": "assistant", "content": wrong},
                                            {"role": "user", "content": f"Observation: {failed.observation}"}],
                                 "completion": [{"role": "assistant", "content": retry}]})
     return records
+
+
+def _react_step(thought: str, action: str, action_input: str) -> str:
+    """One agent turn in the ReAct text format the agent prompt asks for and `parse_step` reads."""
+    return f"Thought: {thought}\nAction: {action}\nAction Input: {action_input}"
 
 
 def _wrong_type(param: dict):
