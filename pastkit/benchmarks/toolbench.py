@@ -173,7 +173,7 @@ class ToolbenchParams(PastParams):
     stage2_lr: float = 2e-4                     # (paper Table 15: 2e-5; cpu: chosen on Movies, README)
     alignment_apis: int = 0                     # APIs per domain given Stage 2 ReAct examples (0: all; paper: all)
     stage2_replay: bool = True                  # Stage 2 also replays Stage 1's pairs (kit's; Movies validation)
-    stage2_recovery: bool = False               # Stage 2 also shows failed calls corrected (kit's; see README)
+    stage2_recovery: bool = True                # Stage 2 also shows failed calls corrected (kit's; Movies validation)
     tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
     tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
     max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; cpu: time)
@@ -432,7 +432,7 @@ def alignment_records(tools: dict, names: list[str], n_apis: int, seed: int, rec
                           if type_error(q, bad := _wrong_type(q))), None)
             for wrong_args in ({}, typed) if typed else ({},):
                 failed = sim.call(n, wrong_args)
-                wrong = _react_step(f"{n} serves this request.", n, json.dumps(wrong_args))
+                wrong = _react_step(f"{n} serves this request.", n, json.dumps(wrong_args, ensure_ascii=False))
                 retry = _react_step(f"The call failed ({json.loads(failed.observation)['error']}); I call {n} again "
                                     "with valid arguments.", n, json.dumps(args, ensure_ascii=False))
                 records.append({"prompt": [*prompt, {"role": "assistant", "content": wrong},
