@@ -13,6 +13,7 @@ from pastkit.benchmarks.toolbench import (
     derive,
     fig3_table,
     load_toolbench,
+    paired_runs,
 )
 from pastkit.tool_use import (
     FINISH_REWARD,
@@ -255,6 +256,30 @@ def test_fig3_table_pairs_by_query_and_averages_over_categories():
     assert t.loc["A", "PaST − Target SFT"] == 100 and t.loc["B", "PaST − Target SFT"] == 0
     avg = t.loc["Average (over categories)"]
     assert avg["Target SFT %"] == 12.5 and avg["PaST %"] == 62.5 and avg["PaST − Target SFT"] == 50
+
+
+def test_paired_runs_compares_the_two_models_run_for_run():
+    call = "[turn 1] Thought: t\nAction: f\nAction Input: {}\nObservation (success): {}"
+    other_thought = call.replace("Thought: t", "Thought: u")  # same actions, other text
+    other_call = call.replace("Action: f", "Action: g")
+    runs = {  # item: (Target SFT's trajectory, status, score), (PaST's ...)
+        "q1:0": ((call, "Solved", 1.0), (call, "Solved", 1.0)),
+        "q1:1": ((call, "Solved", 1.0), (other_thought, "Solved", 1.0)),
+        "q2:0": ((call, "Solved", 1.0), (other_call, "Unsolved", 0.0)),
+        "q2:1": ((call, "Unsolved", 0.0), (other_call, "Partially Solved", 0.5)),
+    }
+    answers = pd.DataFrame([{"seed": 0, "category": "A" if item.startswith("q1") else "B", "item": item,
+                             "method": method, "trajectory": traj, "status": status, "score": score}
+                            for item, pair in runs.items()
+                            for method, (traj, status, score) in zip(("Target SFT", "PaST"), pair)])
+    t = paired_runs(answers).set_index("category")
+    assert t.loc["A"].to_dict() == {"runs": 2, "same actions": 2, "identical text": 1, "same outcome": 2,
+                                    "PaST higher": 0, "PaST lower": 0}
+    assert t.loc["B"].to_dict() == {"runs": 2, "same actions": 0, "identical text": 0, "same outcome": 0,
+                                    "PaST higher": 1, "PaST lower": 1}
+    assert t.loc["all", "runs"] == 4 and t.loc["all", "same actions"] == 2
+    with pytest.raises(ValueError, match="no PaST run"):
+        paired_runs(answers[~((answers.method == "PaST") & (answers["item"] == "q2:1"))])
 
 
 def test_outcome_kinds_cover_the_reward_table():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -531,7 +532,7 @@ def plot_fig3(table: pd.DataFrame, caption: str):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table) + 2) + 2.5, 3.6))
     x = np.arange(len(table))
     for off, name, color in ((-0.2, TARGET, "#9aa5b1"), (0.2, PAST, "#2b6cb0")):
         m = table[f"{name} %"].to_numpy()
@@ -544,7 +545,7 @@ def plot_fig3(table: pd.DataFrame, caption: str):
                   fontsize=7)
     ax.set_ylabel("success rate % (Solved 1, Partially 0.5)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside: bars reach 100
     ax.set_title("ToolBench closed-book, Fig. 3: Target SFT vs PaST (skill vector from the source category)",
                  fontsize=9)
     fig.suptitle(caption, fontsize=7, y=0.0, va="top")
@@ -647,6 +648,32 @@ def behaviour(answers: pd.DataFrame) -> pd.DataFrame:
                          "bad format %": 100 * g["bad_format"].sum() / turns,
                          "unknown API %": 100 * g["unknown_api"].sum() / turns,
                          "mean reward": g["reward"].mean()}).round(1).reset_index()
+
+
+def paired_runs(answers: pd.DataFrame) -> pd.DataFrame:
+    """Target SFT and PaST run for run (same seed, query and run index, so the same sampling seed), per category
+    and over all: how often they took the same actions (every `Action` / `Action Input` line), wrote identical
+    text and reached the same outcome, and in how many runs PaST scored higher or lower. Fig. 3's differences
+    come only from the runs whose outcome differs; identical runs mean the vector did not change behaviour."""
+    key = ["seed", "category", "item"]
+    target = answers[answers.method == TARGET].set_index(key).sort_index()
+    past = answers[answers.method == PAST].set_index(key).reindex(target.index)
+    if past["trajectory"].isna().any():
+        raise ValueError("paired_runs: a Target SFT run has no PaST run with the same seed, category and item")
+    same = pd.DataFrame({"category": target.index.get_level_values("category"),
+                         "same actions": (target.trajectory.map(_actions) == past.trajectory.map(_actions)).to_numpy(),
+                         "identical text": (target.trajectory == past.trajectory).to_numpy(),
+                         "same outcome": (target.status == past.status).to_numpy(),
+                         "PaST higher": (past.score > target.score).to_numpy(),
+                         "PaST lower": (past.score < target.score).to_numpy()})
+    rows = [*same.groupby("category", sort=False), ("all", same)]
+    return pd.DataFrame([{"category": name, "runs": len(g), **g.drop(columns="category").sum().astype(int)}
+                         for name, g in rows])
+
+
+def _actions(trajectory: str) -> list[str]:
+    """The `Action` and `Action Input` lines of a trajectory, in order (what the agent did, without its thoughts)."""
+    return re.findall(r"^Action(?: Input)?: .*$", str(trajectory), flags=re.M)
 
 
 def conclusion(table: pd.DataFrame, recall: pd.DataFrame, rounds: pd.DataFrame) -> str:
