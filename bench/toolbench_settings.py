@@ -19,10 +19,10 @@ from pastkit.report import quiet_libraries
 
 # The rule, fixed before any run: highest success, then more successful calls, then recall; a tie keeps the
 # default. At d31355a "2 epochs, Stage 1 replayed" beat 1 epoch with and without replay (README) and became the
-# default; those two are not re-run. At 3a252cb the recovery variant won by successful calls (README) and became
-# the default; the rule's "tie keeps the default" now keeps it.
+# default; those two are not re-run. At 3a252cb the recovery variant won by successful calls (README); it became
+# the default at 62621e7, and the rule's "tie keeps the default" now keeps it.
 VARIANTS = {
-    "Stage 2: 2 epochs, Stage 1 replayed (the cpu default until 3a252cb)": {"stage2_recovery": False},
+    "Stage 2: 2 epochs, Stage 1 replayed (the cpu default until 62621e7)": {"stage2_recovery": False},
     "Stage 2: the same plus failed calls corrected (stage2_recovery, the cpu default)": {"stage2_recovery": True},
 }
 
