@@ -1,6 +1,7 @@
 """How notebook 04's cpu SFT settings are chosen: on Movies queries RL does not use, never on target queries.
 
-    PASTKIT_RUNS=... .venv/bin/python bench/toolbench_settings.py
+    PASTKIT_RUNS=... .venv/bin/python bench/toolbench_settings.py            # Stage 2 variants
+    PASTKIT_RUNS=... .venv/bin/python bench/toolbench_settings.py --turns    # the turn limit, same SFT
 
 Each variant of the Stage 2 (ReAct alignment) settings is trained on the source category's validation unit
 (`Toolbench.validation_unit`: the held-out Movies queries listing the fewest APIs, with the same two SFT stages
@@ -12,6 +13,7 @@ Prints a Markdown table, then each variant's outcome per query.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 from pastkit.benchmarks.toolbench import ToolbenchParams, validation_check
@@ -25,12 +27,20 @@ VARIANTS = {
     "Stage 2: 2 epochs, Stage 1 replayed (the cpu default until 62621e7)": {"stage2_recovery": False},
     "Stage 2: the same plus failed calls corrected (stage2_recovery, the cpu default)": {"stage2_recovery": True},
 }
+# The turn limit, checked after the recovery examples became the default (they cost a turn per retry): the same
+# SFT models, episodes of at most 3 turns (the cpu default, for time) against the paper's 5. Same rule. A longer
+# limit also makes every GRPO episode longer, which this check does not measure.
+TURN_VARIANTS = {
+    "max_turns 3 (the cpu default)": {},
+    "max_turns 5 (paper F.3.1)": {"max_turns": 5},
+}
 
 
 def main() -> None:
     quiet_libraries()
     base = ToolbenchParams()
-    table, answers = validation_check({name: replace(base, **change) for name, change in VARIANTS.items()})
+    variants = TURN_VARIANTS if "--turns" in sys.argv[1:] else VARIANTS
+    table, answers = validation_check({name: replace(base, **change) for name, change in variants.items()})
     print(table.to_markdown(index=False))
     print(answers.groupby(["method", "query"], sort=False)["status"].agg(lambda s: ", ".join(s)).to_markdown())
 
