@@ -46,8 +46,39 @@ def record_format(records: list[dict]) -> set[str]:
     return keys
 
 
-def _plain_loss_trainer():
-    """trl's SFTTrainer with the model's own cross-entropy loss instead of trl's fused LM head.
+class LengthBatches:
+    """Batches of records of similar length, in a random order: little padding, the same records per epoch.
+
+    transformers' `group_by_length` sorts only within "megabatches" of at most a quarter of the data, and for the
+    few dozen records of a knowledge SFT here a megabatch is a single batch: batches were random, and a short
+    sentence padded to a passage's length. Padding was 3.5x the real tokens on six SQuAD passages with their
+    sentences (README, Performance). This sampler sorts the whole set by length (random tie-break), cuts it into
+    batches and shuffles their order each epoch (seeded); every record is seen once per epoch, the longest
+    left-over records last in a short batch.
+    """
+
+    def __init__(self, lengths: list[int], batch: int, seed: int):
+        self.lengths, self.batch, self.seed, self.epoch = list(lengths), batch, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        tie = torch.rand(len(self.lengths), generator=g).tolist()
+        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], tie[i]))
+        full = len(order) // self.batch * self.batch  # the DataLoader cuts the stream every `batch` indices,
+        batches = [order[i:i + self.batch] for i in range(0, full, self.batch)]  # so a short batch goes last
+        for b in torch.randperm(len(batches), generator=g).tolist():
+            yield from batches[b]
+        yield from order[full:]
+
+
+def _sft_trainer():
+    """trl's SFTTrainer with the model's own cross-entropy loss and batches of similar length (`LengthBatches`).
 
     The fused head computes log-probs, entropy and top-1 accuracy in Python-level tiles on CPU (Triton only on
     CUDA/XPU); the loss is the same, but a step took about 1.5x as long here (bench/throughput.py, README).
@@ -56,11 +87,16 @@ def _plain_loss_trainer():
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class PlainLossSFTTrainer(SFTTrainer):
+    class KitSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    return PlainLossSFTTrainer
+        def _get_train_sampler(self, train_dataset=None):
+            data = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthBatches([len(ids) for ids in data["input_ids"]], self.args.train_batch_size,
+                                 self.args.seed)
+
+    return KitSFTTrainer
 
 
 def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: int, log=print) -> dict:
@@ -84,10 +120,9 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
                      lr_scheduler_type=spec.schedule, max_length=spec.max_len, packing=False, seed=seed,
                      save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=not interactive(),
                      **device_args(),
-                     train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
                      **({"dataset_text_field": "text"} if keys == {"text"} else {}))
     data = Dataset.from_list(records)
-    trainer = _plain_loss_trainer()(model=model, args=args, train_dataset=data, processing_class=tok,
+    trainer = _sft_trainer()(model=model, args=args, train_dataset=data, processing_class=tok,
                                     peft_config=peft_config, callbacks=[progress_callback("sft", ("loss",), log)])
     quiet_trainer(trainer)
     kept = len(trainer.train_dataset)  # trl drops records whose completion truncation cut away entirely

@@ -1,0 +1,43 @@
+"""Knowledge SFT batching: records of similar length share a batch, and every record is trained once per epoch."""
+
+import torch
+
+from pastkit import knowledge
+from pastkit.knowledge import LengthBatches, SFTSpec, train_sft
+
+
+def batches_of(sampler, batch):
+    order = list(sampler)
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+def test_length_batches_group_similar_lengths_and_cover_every_record_once():
+    lengths = [int(x) for x in torch.randint(5, 400, (42,), generator=torch.Generator().manual_seed(1))]
+    sampler = LengthBatches(lengths, batch=8, seed=0)
+    epoch1, epoch2 = batches_of(sampler, 8), batches_of(sampler, 8)
+    for epoch in (epoch1, epoch2):
+        assert sorted(i for b in epoch for i in b) == list(range(42))
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in epoch)
+        ranked = sorted(lengths)  # the least padding any cut into batches of 8 can reach
+        floor = sum(len(ranked[i:i + 8]) * max(ranked[i:i + 8]) for i in range(0, 42, 8))
+        assert padded <= floor + 8 * 400 // 10  # within a tenth of one long batch of that floor
+        assert len(epoch[-1]) == 42 % 8  # the short batch is last, so the DataLoader's cuts match the batches
+    assert epoch1 != epoch2  # a new batch order each epoch
+    assert batches_of(LengthBatches(lengths, 8, seed=0), 8) == epoch1  # and the same one for the same seed
+
+
+def test_train_sft_batches_by_length(tiny_model, tmp_path, monkeypatch):
+    seen = []
+    iterate = LengthBatches.__iter__
+
+    def recording(self):
+        order = list(iterate(self))
+        seen.append([self.lengths[i] for i in order])
+        return iter(order)
+
+    monkeypatch.setattr(knowledge.LengthBatches, "__iter__", recording)
+    records = [{"text": " ".join(["word"] * n)} for n in (3, 40, 4, 38, 5, 41, 2, 39)]
+    train_sft(tiny_model, records, tmp_path / "sft", SFTSpec(1, 1e-3, 4, 1, 128), seed=0, log=lambda *_: None)
+    assert len(seen) == 1
+    first, second = seen[0][:4], seen[0][4:]
+    assert max(first) < min(second) or max(second) < min(first)  # the short records together, the long together
