@@ -261,7 +261,9 @@ class Engine:
 
         Each kept checkpoint's vector (and the final policy's) is added to the target SFT of the validation
         documents, and the PaST model is scored on their questions; the best mean score wins (ties: the
-        earlier step). Without a validation split or kept checkpoints, the final policy's vector is taken."""
+        earlier step). Without a validation split or kept checkpoints, the final policy's vector is taken.
+        The validation target SFT's own score (no vector) is logged and kept beside them, as the paper does not
+        use it to choose: it says whether even the chosen vector helped the validation documents."""
         def step(name: str) -> int:  # "step-16" -> 16
             return int(name.split("-")[1])
 
@@ -276,9 +278,12 @@ class Engine:
         scores = {s: float(self.answers(self.model_of(val_sft, v, self.p.lam), validation, "validation")["score"]
                            .mean()) for s, v in candidates.items()}
         best = max(scores, key=lambda s: (scores[s], -step(s)))
+        alone = float(self.answers(self.model_of(val_sft), validation, "validation")["score"].mean())
         self.log(f"[select] validation score per RL checkpoint: "
-                 f"{', '.join(f'{s} {x:.3f}' for s, x in scores.items())} -> {best}")
-        return candidates[best], {"scores": scores, "chosen": best, "validation": validation.name}
+                 f"{', '.join(f'{s} {x:.3f}' for s, x in scores.items())} -> {best}; "
+                 f"without a vector {alone:.3f} ({scores[best] - alone:+.3f})")
+        return candidates[best], {"scores": scores, "chosen": best, "validation": validation.name,
+                                  "without_vector": alone}
 
     # -- transfer -------------------------------------------------------------------------------------
     def adapt(self, unit: Domain, strategy: Strategy | str, source: Round | None = None, lam: float | None = None,

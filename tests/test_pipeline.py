@@ -198,6 +198,7 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     prov = json.loads((loogle / "table2_loogle.csv.provenance.json").read_text())
     assert prov["split"] == {"source": [[4], [3]], "validation": [2], "test": [0, 1]}
     assert {r["round"] for r in prov["selection"] if r["chosen"]} == {1, 2}  # a checkpoint was chosen per round
+    assert "without a vector" in (tmp_path / "executed" / "03_loogle.ipynb").read_text()  # the no-vector reference
     for name in ("fig2_orthogonality_sft_rl.png", "fig4_orthogonality_sft_sft.png",
                  "orthogonality_skill_vs_target.png", "orthogonality_summary.csv", "table1_squad.csv",
                  "table1_squad.md", "table1_squad.png"):
