@@ -262,8 +262,8 @@ class Engine:
         Each kept checkpoint's vector (and the final policy's) is added to the target SFT of the validation
         documents, and the PaST model is scored on their questions; the best mean score wins (ties: the
         earlier step). Without a validation split or kept checkpoints, the final policy's vector is taken.
-        The validation target SFT's own score (no vector) is logged and kept beside them, as the paper does not
-        use it to choose: it says whether even the chosen vector helped the validation documents."""
+        The validation target SFT's own score (no vector) is logged and kept beside them but, as in the paper,
+        not a candidate: it says whether the chosen vector helped the validation documents at all."""
         def step(name: str) -> int:  # "step-16" -> 16
             return int(name.split("-")[1])
 
