@@ -14,11 +14,14 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from .training import curve, device_args, falling, interactive, progress_callback, quiet_trainer
 
 # LoRA targets: all attention and MLP projections (kit choice; the paper defers to SEAL's list).
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FORMATS = ({"text"}, {"prompt", "completion"}, {"messages"})
+BATCHINGS = ("sorted", "megabatches")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,11 @@ class SFTSpec:
     lora_r: int | None = None  # None: full fine-tuning
     lora_alpha: int | None = None
     schedule: str = "linear"  # transformers' lr_scheduler_type (paper Table 13: cosine for LooGLE's SFT)
+    batching: str = "sorted"  # "sorted": `LengthBatches`; "megabatches": transformers' `group_by_length`
+
+    def __post_init__(self):
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"SFT batching={self.batching!r}: one of {BATCHINGS}")
 
 
 def record_format(records: list[dict]) -> set[str]:
@@ -64,8 +72,6 @@ class LengthBatches:
         return len(self.lengths)
 
     def __iter__(self):
-        import torch
-
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         tie = torch.rand(len(self.lengths), generator=g).tolist()
@@ -78,7 +84,7 @@ class LengthBatches:
 
 
 def _sft_trainer():
-    """trl's SFTTrainer with the model's own cross-entropy loss and batches of similar length (`LengthBatches`).
+    """trl's SFTTrainer with the model's own cross-entropy loss and, for batching "sorted", `LengthBatches`.
 
     The fused head computes log-probs, entropy and top-1 accuracy in Python-level tiles on CPU (Triton only on
     CUDA/XPU); the loss is the same, but a step took about 1.5x as long here (bench/throughput.py, README).
@@ -92,6 +98,8 @@ def _sft_trainer():
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
         def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy == "group_by_length":  # batching "megabatches"
+                return super()._get_train_sampler(train_dataset)
             data = train_dataset if train_dataset is not None else self.train_dataset
             return LengthBatches([len(ids) for ids in data["input_ids"]], self.args.train_batch_size,
                                  self.args.seed)
@@ -120,6 +128,7 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
                      lr_scheduler_type=spec.schedule, max_length=spec.max_len, packing=False, seed=seed,
                      save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=not interactive(),
                      **device_args(),
+                     **({"train_sampling_strategy": "group_by_length"} if spec.batching == "megabatches" else {}),
                      **({"dataset_text_field": "text"} if keys == {"text"} else {}))
     data = Dataset.from_list(records)
     trainer = _sft_trainer()(model=model, args=args, train_dataset=data, processing_class=tok,

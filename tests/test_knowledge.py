@@ -1,5 +1,6 @@
 """Knowledge SFT batching: records of similar length share a batch, and every record is trained once per epoch."""
 
+import pytest
 import torch
 
 from pastkit import knowledge
@@ -41,3 +42,17 @@ def test_train_sft_batches_by_length(tiny_model, tmp_path, monkeypatch):
     assert len(seen) == 1
     first, second = seen[0][:4], seen[0][4:]
     assert max(first) < min(second) or max(second) < min(first)  # the short records together, the long together
+
+
+def test_megabatches_batching_uses_transformers_sampler(tiny_model, tmp_path, monkeypatch):
+    """ToolBench's cpu setting: transformers' group_by_length, not LengthBatches (chosen on Movies, README)."""
+    monkeypatch.setattr(knowledge.LengthBatches, "__iter__", lambda self: (_ for _ in ()).throw(AssertionError))
+    records = [{"text": " ".join(["word"] * n)} for n in (3, 40, 4, 38)]
+    summary = train_sft(tiny_model, records, tmp_path / "sft", SFTSpec(1, 1e-3, 2, 1, 128, batching="megabatches"),
+                        seed=0, log=lambda *_: None)
+    assert summary["steps"] == 2 and summary["spec"]["batching"] == "megabatches"
+
+
+def test_unknown_batching_is_refused():
+    with pytest.raises(ValueError, match="batching='shuffled'"):
+        SFTSpec(1, 1e-3, 2, 1, 128, batching="shuffled")

@@ -202,6 +202,8 @@ def test_shipped_data_and_params():
         ToolbenchParams(target_categories=["Movies"])
     with pytest.raises(ValueError, match="Table 14"):
         ToolbenchParams(target_categories=["Cooking"])
+    with pytest.raises(ValueError, match="tool_sft_batching='random'"):
+        ToolbenchParams(tool_sft_batching="random")
     p = ToolbenchParams(target_categories=["SMS"], max_queries=2)
     [unit] = Toolbench().target_units(p)
     assert len(unit.data["queries"]) == 2 and set(unit.data["apis"]) == {n for q in unit.data["queries"]

@@ -34,7 +34,7 @@ import pandas as pd
 from ..config import PastParams
 from ..evaluation import bootstrap_interval, paired_difference, verdict
 from ..generation import generate, load_model
-from ..knowledge import SFTSpec
+from ..knowledge import BATCHINGS, SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
 from ..skill_rl import RLTask
 from ..tool_use import (
@@ -177,6 +177,7 @@ class ToolbenchParams(PastParams):
     stage2_recovery: bool = True                # Stage 2 also shows failed calls corrected (kit's; Movies validation)
     tool_sft_batch: int = 4                     # per-device SFT batch (paper Table 15: micro batch 2)
     tool_sft_max_len: int = 1024                # SFT sequence length in tokens (paper Table 15: 8192)
+    tool_sft_batching: str = "megabatches"      # SFT batches (knowledge.SFTSpec; cpu: Movies validation, README)
     max_turns: int = 3                          # turns before forced termination (paper F.3.1: 5; cpu: time)
     simulator: str = "rules"                    # "rules" (deterministic) or "llm" (Table 17 on the judge endpoint)
     eval_runs: int = 3                          # runs per query, averaged (paper Sec. 5.2: 3)
@@ -192,6 +193,8 @@ class ToolbenchParams(PastParams):
         if bad or not self.target_categories or self.source_category in self.target_categories:
             raise ValueError(f"categories {bad or self.target_categories}: the source and distinct targets must be "
                              f"among Table 14's {CATEGORIES}")
+        if self.tool_sft_batching not in BATCHINGS:
+            raise ValueError(f"tool_sft_batching={self.tool_sft_batching!r}: one of {BATCHINGS}")
         if not 1 <= self.descriptions_per_api <= len(TEACHER_PROMPTS):
             raise ValueError(f"descriptions_per_api={self.descriptions_per_api}: 1 to {len(TEACHER_PROMPTS)}")
 
@@ -321,9 +324,9 @@ class Toolbench:
         stage2 = alignment_records(tools, names, p.alignment_apis, engine.seed, p.stage2_recovery) + \
             (stage1 if p.stage2_replay else [])
         return [SFTPhase("stage1/knowledge", stage1, SFTSpec(p.stage1_epochs, p.stage1_lr, p.tool_sft_batch, 1,
-                                                              p.tool_sft_max_len)),
+                                                              p.tool_sft_max_len, batching=p.tool_sft_batching)),
                 SFTPhase("stage2/react", stage2, SFTSpec(p.stage2_epochs, p.stage2_lr, p.tool_sft_batch, 1,
-                                                          p.tool_sft_max_len))]
+                                                          p.tool_sft_max_len, batching=p.tool_sft_batching))]
 
     # -- RL (F.3) ---------------------------------------------------------------------------------------
     @staticmethod
