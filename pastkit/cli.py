@@ -20,6 +20,7 @@ pastkit: Parametric Skill Transfer (PaST) tools.
   pastkit probe --profile cpu --regime single          how many invented facts the knowledge SFT teaches
   pastkit run --profile smoke                          execute every notebook with papermill
   pastkit run --profile cpu --reference                the reference run: regenerate figures/ (make figures)
+  pastkit stages --unused-for 2h [--delete]            the stage cache: what no run used lately, and pruning it
 
 Checkpoints are HF model dirs with safetensors weights (sharded or not) or peft LoRA adapter dirs.
 Pickle weights are never loaded. Outputs are written atomically; an existing output needs --force.
@@ -79,7 +80,52 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", nargs="*", help="notebook names to run (default: all, in order)")
     run.add_argument("--reference", action="store_true",
                      help="write the committed reference results into figures/ (cpu profile only; `make figures`)")
+
+    stages = sub.add_parser("stages", help="the stage cache ($PASTKIT_RUNS): sizes, and stages no run used lately")
+    stages.add_argument("--unused-for", metavar="AGE",
+                        help="list the stages no run built or read back in this long (e.g. 90m, 2h, 3d)")
+    stages.add_argument("--delete", action="store_true", help="delete the stages --unused-for lists")
     return p
+
+
+def _age_seconds(text: str) -> float:
+    """'90m', '2h', '3d' -> seconds; anything else is a clear error."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    try:
+        number, unit = float(text[:-1]), units[text[-1]]
+    except (ValueError, KeyError, IndexError):
+        raise ValueError(f"--unused-for {text!r}: a number with m, h or d (e.g. 90m, 2h, 3d)") from None
+    if number < 0:
+        raise ValueError(f"--unused-for {text!r}: must not be negative")
+    return number * unit
+
+
+def _stages(args) -> None:
+    import time
+    from collections import defaultdict
+
+    from .report import runs_dir
+    from .stages import cached_stages, prune
+
+    gb = 1e9
+    if args.unused_for is None:
+        if args.delete:
+            raise ValueError("--delete needs --unused-for: say which stages to delete")
+        kinds = defaultdict(list)
+        for c in cached_stages():
+            kinds[c.name].append(c)
+        print(f"{runs_dir()}: {sum(map(len, kinds.values()))} stages, "
+              f"{sum(c.bytes for cs in kinds.values() for c in cs) / gb:.1f} GB")
+        for name, cs in sorted(kinds.items()):
+            last = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(c.last_used for c in cs)))
+            print(f"  {name:<18} {len(cs):>4} stages {sum(c.bytes for c in cs) / gb:7.2f} GB   last used {last}")
+        return
+    old = prune(time.time() - _age_seconds(args.unused_for), delete=args.delete)
+    for c in old:
+        print(f"  {c.path.name:<32} {c.bytes / gb:6.2f} GB   last used "
+              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(c.last_used))}")
+    verb = "deleted" if args.delete else "not used for " + args.unused_for + " (pass --delete to delete them)"
+    print(f"{len(old)} stages, {sum(c.bytes for c in old) / gb:.1f} GB: {verb}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    if args.command == "model":
+    if args.command == "stages":
+        _stages(args)
+    elif args.command == "model":
         from .models import resolve
         print(resolve(args.name))
     elif args.command == "vector" and args.action == "extract":

@@ -11,6 +11,10 @@ SHA-256 of every file it holds and is verified whenever it is read: an edited or
 error naming the file, never read back as truth. A build that leaves an expected product missing or
 empty (or fails its `check`) has failed: nothing is cached. Two processes asking for the same stage take
 a lock: the second waits and reuses the first one's result.
+
+Every stage built or read back has its stage.json's modification time set to now, so the cache knows when a
+stage was last used: `prune` deletes the stages no run has used since a given time (after code changes re-key
+stages, the old ones are never used again and only take disk).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +94,10 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (path / STAGE_FILE).exists():
             verify(path)
+            try:  # last used now (stage.json is outside the checksums); a read-only cache still reads
+                os.utime(path / STAGE_FILE)
+            except OSError:
+                pass
             log(f"[cached] {name} ({path.name})")
             return Stage(name, key, path)
         for leftover in remove_stale_temporaries(root):
@@ -131,3 +141,46 @@ def stage_inputs(stage: Stage) -> dict:
 
 def stage_seconds(stage: Stage) -> float:
     return json.loads((stage.path / STAGE_FILE).read_text())["seconds"]
+
+
+@dataclass(frozen=True)
+class CachedStage:
+    """A finished stage in the runs folder, as `cached_stages` finds it."""
+
+    path: Path
+    name: str
+    last_used: float  # seconds since the epoch: when a run last built or read it back
+    bytes: int
+
+
+def cached_stages() -> list[CachedStage]:
+    """Every finished stage in the runs folder (folders with a stage.json), least recently used first."""
+    root, found = runs_dir(), []
+    if root.is_dir():
+        for d in root.iterdir():
+            record = d / STAGE_FILE
+            if d.is_dir() and record.is_file():
+                size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+                found.append(CachedStage(d, d.name.rsplit("-", 1)[0], record.stat().st_mtime, size))
+    return sorted(found, key=lambda c: c.last_used)
+
+
+def prune(unused_since: float, delete: bool, log=print) -> list[CachedStage]:
+    """The stages no run has used since `unused_since` (epoch seconds); deleted only if `delete`.
+
+    A stage another process holds the lock of (being built or waited for) is skipped. Only folders holding a
+    stage.json, i.e. stages the kit finished, are ever touched.
+    """
+    root, chosen = runs_dir(), []
+    for c in cached_stages():
+        if c.last_used >= unused_since:
+            continue
+        if delete:
+            (root / LOCKS).mkdir(parents=True, exist_ok=True)
+            with open(root / LOCKS / f"{c.path.name}.lock", "w") as lock:
+                if not _try_lock(lock):
+                    log(f"[skip]   {c.path.name}: in use by another process")
+                    continue
+                shutil.rmtree(c.path)
+        chosen.append(c)
+    return chosen

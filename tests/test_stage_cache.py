@@ -1,0 +1,78 @@
+"""The stage cache knows when each stage was last used, and prunes only stages no run used since a given time."""
+
+import fcntl
+import os
+import time
+
+import pytest
+
+from pastkit.cli import main
+from pastkit.stages import LOCKS, STAGE_FILE, cached_stages, prune, run_stage
+
+QUIET = {"log": lambda *_: None}
+
+
+def _stage(x):
+    return run_stage("answers", {"x": x}, lambda d: (d / "answers.csv").write_text(f"score\n{x}\n"),
+                     expect=("answers.csv",), **QUIET)
+
+
+def _age(stage, hours):
+    t = time.time() - hours * 3600
+    os.utime(stage.path / STAGE_FILE, (t, t))
+
+
+def test_reading_a_stage_back_marks_it_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    stage = _stage(1)
+    _age(stage, 5)
+    [before] = cached_stages()
+    assert time.time() - before.last_used > 4 * 3600
+    _stage(1)  # read back: verified, and its last use is now
+    [after] = cached_stages()
+    assert time.time() - after.last_used < 60 and after.bytes > 0 and after.name == "answers"
+
+
+def test_prune_lists_then_deletes_only_stages_unused_since(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    old, recent = _stage(1), _stage(2)
+    _age(old, 5)
+    foreign = tmp_path / "my-notes"  # not a stage: never touched
+    foreign.mkdir()
+    os.utime(foreign, (0, 0))
+    listed = prune(time.time() - 3600, delete=False)
+    assert [c.path for c in listed] == [old.path] and old.path.exists()  # a dry run deletes nothing
+    deleted = prune(time.time() - 3600, delete=True)
+    assert [c.path for c in deleted] == [old.path]
+    assert not old.path.exists() and recent.path.exists() and foreign.exists()
+
+
+def test_prune_skips_a_stage_another_process_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    stage = _stage(1)
+    _age(stage, 5)
+    with open(tmp_path / LOCKS / f"{stage.path.name}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        seen = []
+        assert prune(time.time(), delete=True, log=seen.append) == []
+    assert stage.path.exists() and "in use" in seen[0]
+
+
+def test_stages_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    _age(_stage(1), 5)
+    _stage(2)
+    assert main(["stages"]) == 0
+    assert "2 stages" in capsys.readouterr().out
+    assert main(["stages", "--unused-for", "2h"]) == 0
+    assert "1 stages" in capsys.readouterr().out and len(cached_stages()) == 2
+    assert main(["stages", "--unused-for", "2h", "--delete"]) == 0
+    assert "deleted" in capsys.readouterr().out and len(cached_stages()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [(["stages", "--unused-for", "3x"], "a number with m, h or d"),
+                                           (["stages", "--unused-for=-1h"], "must not be negative"),
+                                           (["stages", "--delete"], "--delete needs --unused-for")])
+def test_stages_command_refuses_unclear_requests(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    assert main(argv) == 2 and message in capsys.readouterr().err
