@@ -12,7 +12,7 @@ Prints two Markdown tables (`--rl-only`: the second).
 
 from __future__ import annotations
 
-import sys
+import argparse
 from dataclasses import replace
 
 from pastkit.benchmarks.loogle import LoogleParams, rl_source_check, settings_check
@@ -32,9 +32,12 @@ RL_VARIANTS = {
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rl-only", action="store_true", help="only the choice of GRPO's questions (the second table)")
+    args = ap.parse_args()
     quiet_libraries()
     base = LoogleParams()
-    if "--rl-only" not in sys.argv[1:]:
+    if not args.rl_only:
         phase2_choice(base)
     print(rl_source_check({name: replace(base, **change) for name, change in RL_VARIANTS.items()}).to_markdown(
         index=False))
