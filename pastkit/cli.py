@@ -107,25 +107,28 @@ def _stages(args) -> None:
     from .report import runs_dir
     from .stages import cached_stages, prune
 
-    gb = 1e9
+    def gb(stages) -> str:
+        return f"{sum(c.bytes for c in stages) / 1e9:.2f} GB"
+
+    def when(seconds: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+
     if args.unused_for is None:
         if args.delete:
             raise ValueError("--delete needs --unused-for: say which stages to delete")
         kinds = defaultdict(list)
         for c in cached_stages():
             kinds[c.name].append(c)
-        print(f"{runs_dir()}: {sum(map(len, kinds.values()))} stages, "
-              f"{sum(c.bytes for cs in kinds.values() for c in cs) / gb:.1f} GB")
+        every = [c for cs in kinds.values() for c in cs]
+        print(f"{runs_dir()}: {len(every)} stages, {gb(every)}")
         for name, cs in sorted(kinds.items()):
-            last = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(c.last_used for c in cs)))
-            print(f"  {name:<18} {len(cs):>4} stages {sum(c.bytes for c in cs) / gb:7.2f} GB   last used {last}")
+            print(f"  {name:<18} {len(cs):>4} stages {gb(cs):>10}   last used {when(max(c.last_used for c in cs))}")
         return
     old = prune(time.time() - _age_seconds(args.unused_for), delete=args.delete)
     for c in old:
-        print(f"  {c.path.name:<32} {c.bytes / gb:6.2f} GB   last used "
-              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(c.last_used))}")
+        print(f"  {c.path.name:<32} {gb([c]):>9}   last used {when(c.last_used)}")
     verb = "deleted" if args.delete else "not used for " + args.unused_for + " (pass --delete to delete them)"
-    print(f"{len(old)} stages, {sum(c.bytes for c in old) / gb:.1f} GB: {verb}")
+    print(f"{len(old)} stages, {gb(old)}: {verb}")
 
 
 def main(argv: list[str] | None = None) -> int:

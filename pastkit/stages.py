@@ -87,8 +87,7 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
     key = stage_key(name, inputs)
     root = runs_dir()
     path = stage_dir(name, key)
-    (root / LOCKS).mkdir(parents=True, exist_ok=True)
-    with open(root / LOCKS / f"{name}-{key}.lock", "w") as lock:
+    with _lock_file(root, path.name) as lock:
         if _try_lock(lock) is False:
             log(f"[wait]   {name} ({path.name}): another process is building it")
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -119,6 +118,12 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
                 indent=2, default=str))
         log(f"[done]   {name} in {time.time() - t0:.0f} s")
         return Stage(name, key, path)
+
+
+def _lock_file(root: Path, stage_folder: str):
+    """The open lock file of the stage in `root/stage_folder` (created if absent), for `_try_lock`/flock."""
+    (root / LOCKS).mkdir(parents=True, exist_ok=True)
+    return open(root / LOCKS / f"{stage_folder}.lock", "w")
 
 
 def _try_lock(lock) -> bool:
@@ -176,8 +181,7 @@ def prune(unused_since: float, delete: bool, log=print) -> list[CachedStage]:
         if c.last_used >= unused_since:
             continue
         if delete:
-            (root / LOCKS).mkdir(parents=True, exist_ok=True)
-            with open(root / LOCKS / f"{c.path.name}.lock", "w") as lock:
+            with _lock_file(root, c.path.name) as lock:
                 if not _try_lock(lock):
                     log(f"[skip]   {c.path.name}: in use by another process")
                     continue
