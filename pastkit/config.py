@@ -54,6 +54,7 @@ class PastParams:
     rl_save_every: int = 0                      # keep a GRPO checkpoint every N steps for selection (0: final only)
     rl_schedule: str = "linear"                 # GRPO LR schedule (paper Tables 13, 19: constant; Table 9: not said)
     use_vllm: bool = False                      # vLLM rollouts/generation; needs a GPU and the [gpu] extra
+    cpu_bf16: bool = False                      # bf16 autocast on a CPU, training and generation (GPU: bf16 anyway)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .training import interactive
+from .training import autocast, interactive
 
 
 def load_model(path, dtype=torch.float32):
@@ -42,8 +42,9 @@ def vllm_available() -> bool:
 
 def generate(model_dir, prompts: list[str], max_new_tokens: int, samples: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, batch_size: int = 64, seed: int = 0, use_vllm: bool = False,
-             desc: str = "generate", model_and_tok=None) -> list[list[str]]:
-    """`samples` completions per prompt (greedy when temperature == 0). Returns one list per prompt.
+             desc: str = "generate", model_and_tok=None, cpu_bf16: bool = False) -> list[list[str]]:
+    """`samples` completions per prompt (greedy when temperature == 0), in bf16 autocast on a CPU if `cpu_bf16`.
+    Returns one list per prompt.
 
     On a CPU, decoding a small model is bound by reading the weights once per step, so one step for 64 sequences
     costs about 2.5× one step for 16 (bench/throughput.py): batches hold up to `batch_size` sequences
@@ -64,7 +65,7 @@ def generate(model_dir, prompts: list[str], max_new_tokens: int, samples: int = 
     for i in tqdm(range(0, len(order), per_batch), desc=desc, unit="batch", leave=False, disable=not interactive()):
         idx = order[i:i + per_batch]
         batch = tok([texts[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(cpu_bf16):
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=samples,
                                  pad_token_id=tok.pad_token_id, **kwargs)
         new = tok.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

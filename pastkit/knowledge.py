@@ -37,6 +37,7 @@ class SFTSpec:
     lora_alpha: int | None = None
     schedule: str = "linear"  # transformers' lr_scheduler_type (paper Table 13: cosine for LooGLE's SFT)
     batching: str = "sorted"  # "sorted": `LengthBatches`; "megabatches": transformers' `group_by_length`
+    cpu_bf16: bool = False  # bf16 autocast on a CPU (`training.device_args`)
 
     def __post_init__(self):
         if self.batching not in BATCHINGS:
@@ -127,7 +128,7 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
                      per_device_train_batch_size=spec.batch, gradient_accumulation_steps=spec.grad_accum,
                      lr_scheduler_type=spec.schedule, max_length=spec.max_len, packing=False, seed=seed,
                      save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=not interactive(),
-                     **device_args(),
+                     **device_args(spec.cpu_bf16),
                      **({"train_sampling_strategy": "group_by_length"} if spec.batching == "megabatches" else {}),
                      **({"dataset_text_field": "text"} if keys == {"text"} else {}))
     data = Dataset.from_list(records)

@@ -23,7 +23,7 @@ import inspect
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -136,8 +136,9 @@ class Engine:
 
     # -- building blocks ------------------------------------------------------------------------------
     def stage(self, name: str, inputs: dict, build, expect: tuple[str, ...], code: tuple = (), check=None) -> Stage:
-        """A cached stage whose key includes the seed and the source of the code that builds it."""
-        return run_stage(name, {**inputs, "seed": self.seed, "code": code_version(*code)}, build, self.log,
+        """A cached stage whose key includes the seed, the precision and the source of the code that builds it."""
+        return run_stage(name, {**inputs, "seed": self.seed, "cpu_bf16": self.p.cpu_bf16,
+                                "code": code_version(*code)}, build, self.log,
                          expect=expect, check=check)
 
     def base_model(self) -> Model:
@@ -152,10 +153,10 @@ class Engine:
     def _sft_one(self, start: Stage | None, phase: SFTPhase) -> Stage:
         start_dir = start.path / "model" if start else self.base
         kind = SFT_LORA if phase.spec.lora_r else SFT_FULL
+        spec = replace(phase.spec, cpu_bf16=self.p.cpu_bf16)
         stage = self.stage(kind, {"start": start.key if start else self.base_key, "phase": phase.name,
-                                  "records": digest(phase.records), "spec": phase.spec.__dict__},
-                           lambda tmp: train_sft(start_dir, phase.records, tmp / "model", phase.spec, self.seed,
-                                                 self.log),
+                                  "records": digest(phase.records), "spec": spec.__dict__},
+                           lambda tmp: train_sft(start_dir, phase.records, tmp / "model", spec, self.seed, self.log),
                            expect=("model",), code=("pastkit.knowledge", "pastkit.training"))
         summary = self.summary(stage)
         if not summary["loss_fell"]:
@@ -175,7 +176,7 @@ class Engine:
         p = self.p
         spec = GRPOSpec(p.rl_epochs, p.rl_lr, p.rl_group, p.rl_prompts_per_step, p.rl_beta, p.rl_temperature,
                         p.rl_top_p, p.rl_top_k, p.rl_max_new_tokens, p.use_vllm, p.rl_save_every,
-                        p.rl_schedule)
+                        p.rl_schedule, p.cpu_bf16)
         stage = self.stage("grpo", {"init": init.key, "task": task.describe, "prompts": digest(task.prompts),
                                     "columns": digest(task.columns), "spec": spec.__dict__},
                            lambda tmp: train_grpo(init.path / "model", task, tmp / "model", spec, self.seed, self.log),

@@ -39,6 +39,7 @@ class GRPOSpec:
     use_vllm: bool = False
     save_every: int = 0     # keep the policy every N optimizer steps (0: only the final one)
     schedule: str = "linear"  # transformers' lr_scheduler_type (paper Tables 13 and 19: constant)
+    cpu_bf16: bool = False  # bf16 autocast on a CPU, training and rollouts (`training.device_args`)
 
 
 @dataclass
@@ -83,7 +84,7 @@ def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log
     conversational = bool(tok.chat_template)
     prompts = [[{"role": "user", "content": p}] if conversational and isinstance(p, str) else p for p in task.prompts]
     data = Dataset.from_dict({"prompt": prompts, **task.columns})
-    device = device_args() if not spec.use_vllm else {"bf16": device_args().get("bf16", False)}
+    device = device_args(spec.cpu_bf16) if not spec.use_vllm else {"bf16": device_args().get("bf16", False)}
     args = GRPOConfig(output_dir=str(out / "_trainer"), num_train_epochs=spec.epochs, learning_rate=spec.lr,
                       per_device_train_batch_size=spec.group * spec.prompts_per_step,
                       num_generations=spec.group, max_completion_length=spec.max_new_tokens,

@@ -492,10 +492,14 @@ def prompt_ids(tok, task: Task) -> list[int]:
 
 
 def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int, max_new_tokens: int,
-                 temperature: float, top_p: float = 1.0, top_k: int = 0, batch_size: int = 16) -> list[Episode]:
+                 temperature: float, top_p: float = 1.0, top_k: int = 0, batch_size: int = 16,
+                 cpu_bf16: bool = False) -> list[Episode]:
     """Play every task to the end (Finish, or `max_turns` turns), all live episodes one turn at a time in
-    batches; each episode keeps its tokens, env_mask and sampling logprobs, and is judged at the end."""
+    batches (in bf16 autocast on a CPU if `cpu_bf16`); each episode keeps its tokens, env_mask and sampling
+    logprobs, and is judged at the end."""
     import torch
+
+    from .training import autocast
 
     episodes = [Episode(t.query, list(t.api_names), list(t.relevant), prompt_ids=prompt_ids(tok, t)) for t in tasks]
     eos = tok.eos_token_id
@@ -511,7 +515,7 @@ def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int
             width = max(map(len, ctx))
             ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx])
             mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx])
-            with torch.no_grad():
+            with torch.no_grad(), autocast(cpu_bf16):
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=True,
                                      output_scores=True, stop_strings=["Observation:"], tokenizer=tok, **sample)

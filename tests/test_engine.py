@@ -79,7 +79,7 @@ def test_algorithm_1_chains_rounds(runs):
     r1, r2 = study.rounds[0]
     assert r1.init == r1.sft  # round 1's RL starts from θ_sft_1
     assert _inputs(r2.init) | {"code": None} == {"model": r2.sft.key, "vector": r1.vector.key, "lam": 1.0,
-                                                 "seed": 0, "code": None}
+                                                 "seed": 0, "cpu_bf16": False, "code": None}
     assert _inputs(r2.rl)["init"] == r2.init.key  # round 2's RL starts from θ_sft_2 + v_1
     v1 = load_dir(r1.vector.path)
     sft2, init2 = _weights(r2.sft), _weights(r2.init)
@@ -203,3 +203,13 @@ def test_answers_survive_any_characters_a_model_writes(runs):
     unit = Domain("target", DOCS["target"], "target")
     df = engine.answers(engine.base_model(), unit)
     assert df["prediction"].tolist() == odd and df["score"].tolist() == [0.5] * 4
+
+
+def test_precision_is_part_of_every_stage_key(runs):
+    """A bf16 run never reads back an fp32 run's stage: the precision is in every key, and trainers get it."""
+    fp32 = Study.run(Toy(), ToyParams(rounds=1), log=lambda *_: None).rounds[0][0]
+    bf16 = Study.run(Toy(), ToyParams(rounds=1, cpu_bf16=True), log=lambda *_: None).rounds[0][0]
+    for a, b in ((fp32.sft, bf16.sft), (fp32.rl, bf16.rl), (fp32.vector, bf16.vector)):
+        assert a.key != b.key and _inputs(a)["cpu_bf16"] is False and _inputs(b)["cpu_bf16"] is True
+    assert _inputs(bf16.sft)["spec"]["cpu_bf16"] is True and _inputs(bf16.rl)["spec"]["cpu_bf16"] is True
+    assert json.loads((bf16.rl.path / "model" / "summary.json").read_text())["spec"]["cpu_bf16"] is True

@@ -56,3 +56,32 @@ def test_megabatches_batching_uses_transformers_sampler(tiny_model, tmp_path, mo
 def test_unknown_batching_is_refused():
     with pytest.raises(ValueError, match="batching='shuffled'"):
         SFTSpec(1, 1e-3, 2, 1, 128, batching="shuffled")
+
+
+def test_cpu_bf16_trains_in_bf16_autocast_and_saves_fp32_weights(tiny_model, tmp_path, monkeypatch):
+    """`cpu_bf16`: the trainer runs in accelerate's bf16 mixed precision on the CPU; the saved model stays fp32."""
+    from conftest import load_dir
+    from transformers import Trainer
+
+    from pastkit.training import autocast, device_args
+
+    assert device_args(True)["bf16"] is True and device_args()["bf16"] is False
+    x, lin = torch.randn(2, 4), torch.nn.Linear(4, 4)
+    with autocast(True):
+        assert lin(x).dtype == torch.bfloat16
+    with autocast(False):
+        assert lin(x).dtype == torch.float32
+    seen = []
+    step = Trainer.training_step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.accelerator.mixed_precision)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", recording)
+    records = [{"text": "The lighthouse on Varn island is painted green."}] * 4
+    summary = train_sft(tiny_model, records, tmp_path / "sft", SFTSpec(2, 1e-3, 2, 1, 64, cpu_bf16=True), seed=0,
+                        log=lambda *_: None)
+    assert seen and set(seen) == {"bf16"} and summary["spec"]["cpu_bf16"] is True
+    assert summary["loss_fell"]
+    assert {t.dtype for t in load_dir(tmp_path / "sft").values()} == {torch.float32}

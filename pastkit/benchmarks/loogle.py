@@ -435,7 +435,7 @@ class Loogle:
                        for _, c, k in qa_jobs]
             outs = [o[0].strip() for o in generate(
                 engine.base, prompts, max_new_tokens=p.gen_tokens, temperature=p.gen_temperature, top_p=1.0,
-                seed=engine.seed, use_vllm=p.use_vllm, desc="synthetic data")] if prompts else []
+                seed=engine.seed, use_vllm=p.use_vllm, desc="synthetic data", cpu_bf16=p.cpu_bf16)] if prompts else []
             summaries = [{"title": t, "chunk": c, "template": k, "summary": s}
                          for (t, c, k), s in zip(sum_jobs, outs) if s]
             proposed_qa, malformed = [], []
@@ -541,7 +541,7 @@ class Loogle:
         preds = generate(None, [QA_PROMPT.format(question=q["Q"]) for *_, q in items],
                          max_new_tokens=p.eval_max_new_tokens, samples=p.eval_samples,
                          temperature=p.eval_temperature, top_p=1.0, seed=engine.seed, desc="answer",
-                         model_and_tok=model.load())
+                         model_and_tok=model.load(), cpu_bf16=p.cpu_bf16)
         rows = []
         for (doc, j, q), answers in zip(items, preds):
             row = {"item": f"{doc}:{j}", "document": doc, "question": q["Q"], "gold": q["A"],

@@ -187,7 +187,8 @@ class Squad:
         def build(tmp: Path):
             gens = generate(engine.base, [IMPLICATIONS_PROMPT.format(passage=x["context"]) for x in passages],
                             max_new_tokens=p.implication_tokens, samples=p.n_implications, temperature=1.0,
-                            top_p=0.95, seed=engine.seed, use_vllm=p.use_vllm, desc="implications")
+                            top_p=0.95, seed=engine.seed, use_vllm=p.use_vllm, desc="implications",
+                            cpu_bf16=p.cpu_bf16)
             (tmp / "implications.json").write_text(json.dumps(
                 [{"title": x["title"], "generations": g} for x, g in zip(passages, gens)], indent=1))
 
@@ -229,7 +230,8 @@ class Squad:
         passages = unit.data["passages"]
         items = [(x.get("pid", i), j, q) for i, x in enumerate(passages) for j, q in enumerate(x["questions"])]
         preds = generate(None, [QA_PROMPT.format(question=q["question"]) for *_, q in items],
-                         max_new_tokens=engine.p.eval_max_new_tokens, desc="answer", model_and_tok=model.load())
+                         max_new_tokens=engine.p.eval_max_new_tokens, desc="answer", model_and_tok=model.load(),
+                         cpu_bf16=engine.p.cpu_bf16)
         return pd.DataFrame([{"item": f"{pid}:{j}", "document": pid, "question": q["question"], "gold": q["answer"],
                               "prediction": pred[0], "score": engine.judge.score(q["question"], q["answer"], pred[0]),
                               **{m: f(q["answer"], pred[0]) for m, f in STRICT_METRICS.items()}}

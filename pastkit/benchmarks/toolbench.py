@@ -296,7 +296,7 @@ class Toolbench:
         def build(tmp: Path):
             prompts = [TEACHER_PROMPTS[k].format(name=n) + "\n" + schema_json(n, tools[n]) for n, k in jobs]
             gens = generate(engine.base, prompts, max_new_tokens=p.teacher_tokens, temperature=0.7, top_p=0.9,
-                            seed=engine.seed, use_vllm=p.use_vllm, desc="teacher")
+                            seed=engine.seed, use_vllm=p.use_vllm, desc="teacher", cpu_bf16=p.cpu_bf16)
             (tmp / "descriptions.json").write_text(json.dumps(
                 [{"api": n, "prompt": k, "text": g[0].strip()} for (n, k), g in zip(jobs, gens)], indent=1))
 
@@ -348,7 +348,7 @@ class Toolbench:
             model.eval()
             episodes = run_episodes(model, trainer.processing_class, [by_query[m[-1]["content"]] for m in prompts],
                                     simulator, judge, p.max_turns, p.rl_max_new_tokens, p.rl_temperature,
-                                    p.rl_top_p, p.rl_top_k)
+                                    p.rl_top_p, p.rl_top_k, cpu_bf16=p.cpu_bf16)
             model.train(training)
             return {"prompt_ids": [e.prompt_ids for e in episodes],
                     "completion_ids": [e.completion_ids for e in episodes],
@@ -383,7 +383,7 @@ class Toolbench:
         torch.manual_seed(engine.seed)
         tasks = [t for t in self.tasks(queries) for _ in range(p.eval_runs)]
         episodes = run_episodes(model_, tok, tasks, simulator, engine.judge, p.max_turns, p.rl_max_new_tokens,
-                                p.eval_temperature, p.rl_top_p, p.rl_top_k)
+                                p.eval_temperature, p.rl_top_p, p.rl_top_k, cpu_bf16=p.cpu_bf16)
         rows = []
         for i, e in enumerate(episodes):
             q = queries[i // p.eval_runs]
@@ -556,12 +556,12 @@ def plot_fig3(table: pd.DataFrame, caption: str):
     return fig
 
 
-def recall_rows(tools: dict, apis: list[str], model_and_tok) -> pd.DataFrame:
+def recall_rows(tools: dict, apis: list[str], model_and_tok, cpu_bf16: bool = False) -> pd.DataFrame:
     """Per API with required parameters: asked for its definition closed-book (type D prompt, greedy), the share
     of its required parameter names the model writes (quoted, as JSON keys or values)."""
     names = [n for n in apis if tools[n]["required_parameters"]]
     outs = generate(None, [PAIR_PROMPTS["D"].format(name=n) for n in names], max_new_tokens=160, desc="recall",
-                    model_and_tok=model_and_tok)
+                    model_and_tok=model_and_tok, cpu_bf16=cpu_bf16)
     rows = []
     for n, o in zip(names, outs):
         required = [q["name"] for q in tools[n]["required_parameters"]]
@@ -583,7 +583,7 @@ def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     domains = [(f"{source.domain.name} (source)", source.domain, engine.model_of(source.sft))]
     domains += [(unit.name, unit, engine.adapt(unit, "target_sft")) for unit in bench.target_units(p)]
     base = load_model(engine.base)
-    per_api = pd.concat([recall_rows(tools, unit.data["apis"], mt).assign(domain=label, method=method)
+    per_api = pd.concat([recall_rows(tools, unit.data["apis"], mt, p.cpu_bf16).assign(domain=label, method=method)
                          for label, unit, model in domains for method, mt in (("Base", base), ("SFT", model.load()))],
                         ignore_index=True)[["domain", "api", "method", "required", "recalled", "output"]]
     targets = per_api[~per_api.domain.str.endswith("(source)")]
@@ -612,11 +612,11 @@ def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=pr
         model = engine.adapt(unit, "target_sft")
         answers = engine.answers(model, unit, "validation").assign(method=name, seed=seed)
         tools = bench.data(p)["tools"]
-        recall = recall_rows(tools, unit.data["apis"], model.load())["recalled"]
-        if (engine.base, unit.key) not in base_recall:  # the base model's recall: once per model and unit
-            base_recall[engine.base, unit.key] = recall_rows(tools, unit.data["apis"],
-                                                             load_model(engine.base))["recalled"]
-        base = base_recall[engine.base, unit.key]
+        recall = recall_rows(tools, unit.data["apis"], model.load(), p.cpu_bf16)["recalled"]
+        once = (engine.base, unit.key, p.cpu_bf16)  # the base model's recall: once per model, unit and precision
+        if once not in base_recall:
+            base_recall[once] = recall_rows(tools, unit.data["apis"], load_model(engine.base), p.cpu_bf16)["recalled"]
+        base = base_recall[once]
         row = behaviour(answers).iloc[0].to_dict()
         rows.append({"variant": name, "queries": len(unit.data["queries"]), "APIs": len(unit.data["apis"]),
                      "success %": round(100 * answers["score"].mean(), 1),
