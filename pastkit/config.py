@@ -120,7 +120,8 @@ class PastParams:
         """What produced a result, in words: printed under every table and figure."""
         seeds = ", ".join(map(str, self.seeds))
         return (f"{self.model} · λ = {self.lam:g} · {self.rounds} round{'s' * (self.rounds > 1)} · "
-                f"seed{'s' * (len(self.seeds) > 1)} {seeds} · judge {self.judge} · profile {self.profile}")
+                f"seed{'s' * (len(self.seeds) > 1)} {seeds} · judge {self.judge} · profile {self.profile}"
+                f"{' · bf16 autocast' * self.cpu_bf16}")
 
 
 def load_profile(profile: str | Path) -> dict:

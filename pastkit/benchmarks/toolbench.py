@@ -209,7 +209,7 @@ class ToolbenchParams(PastParams):
         judge = "llm (Table 18)" if self.judge == "llm" else "grounded (rules)"
         return (f"{self.model} · λ = {self.lam:g} · source {self.source_category} · seeds "
                 f"{', '.join(map(str, self.seeds))} · simulator {self.simulator} · solution judge {judge} · "
-                f"profile {self.profile}")
+                f"profile {self.profile}{' · bf16 autocast' * self.cpu_bf16}")
 
 
 # ---------------------------------------------------------------------------------------------------
