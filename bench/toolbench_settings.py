@@ -49,7 +49,8 @@ BATCHING_VARIANTS = {
 # The precision, checked when bf16 autocast on the CPU (`cpu_bf16`) became a parameter: it is a speed setting
 # (Stage 2 of Text_Analysis trained in 127 s against 227 s in fp32, same losses to two digits), so it has to be
 # no worse, not better. Same rule, but a tie goes to bf16, the cheaper. Its GRPO is not part of this check. At
-# 0fa9174 bf16 won (README) and became ToolBench's default; the other checks above ran in fp32 and now run in bf16.
+# 0fa9174 bf16 (then also scoring in bf16) won and became ToolBench's default; since then models are scored in fp32
+# and the check was run again (README). The other checks above ran in fp32 and now train in bf16.
 PRECISION_VARIANTS = {
     "fp32 (the cpu default until bf16 won this check)": {"cpu_bf16": False},
     "bf16 autocast on the CPU (cpu_bf16, the cpu default)": {"cpu_bf16": True},

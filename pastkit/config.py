@@ -54,7 +54,7 @@ class PastParams:
     rl_save_every: int = 0                      # keep a GRPO checkpoint every N steps for selection (0: final only)
     rl_schedule: str = "linear"                 # GRPO LR schedule (paper Tables 13, 19: constant; Table 9: not said)
     use_vllm: bool = False                      # vLLM rollouts/generation; needs a GPU and the [gpu] extra
-    cpu_bf16: bool = False                      # bf16 autocast on a CPU, training and generation (GPU: bf16 anyway)
+    cpu_bf16: bool = False                      # bf16 autocast in training on a CPU; scoring stays fp32 (GPU: bf16)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -121,7 +121,7 @@ class PastParams:
         seeds = ", ".join(map(str, self.seeds))
         return (f"{self.model} · λ = {self.lam:g} · {self.rounds} round{'s' * (self.rounds > 1)} · "
                 f"seed{'s' * (len(self.seeds) > 1)} {seeds} · judge {self.judge} · profile {self.profile}"
-                f"{' · bf16 autocast' * self.cpu_bf16}")
+                f"{' · bf16 training' * self.cpu_bf16}")
 
 
 def load_profile(profile: str | Path) -> dict:

@@ -347,3 +347,31 @@ def test_endpoint_cache_skips_and_reports_a_damaged_line(tmp_path, monkeypatch):
     seen = []
     endpoint = CachedEndpoint("simulator", log=seen.append)
     assert endpoint.cache == {"a": "{}"} and len(seen) == 1 and "line 2 is damaged" in seen[0]
+
+
+def test_cpu_bf16_trains_in_bf16_but_models_are_scored_in_fp32(tmp_path, monkeypatch):
+    """bf16 rounds most of a small v away in a matmul (README), so episodes and recall run without autocast."""
+    import pastkit.generation
+    import pastkit.training
+    from pastkit.benchmarks.toolbench import recall_rows
+    from pastkit.generation import load_model
+    from pastkit.past import Engine
+
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+    asked = []
+    real = pastkit.training.autocast
+
+    def recording(cpu_bf16):
+        asked.append(cpu_bf16)
+        return real(cpu_bf16)
+
+    monkeypatch.setattr(pastkit.training, "autocast", recording)
+    monkeypatch.setattr(pastkit.generation, "autocast", recording)
+    p = ToolbenchParams(model="tiny-random", max_queries=1, eval_runs=1, max_turns=1, rl_max_new_tokens=4)
+    assert p.cpu_bf16  # ToolBench's cpu default
+    bench = Toolbench()
+    engine = Engine(bench, p, 0, log=lambda *_: None)
+    unit = bench.target_units(p)[0]
+    answers = bench.score(engine, engine.base_model(), unit, "target")
+    recall_rows(bench.data(p)["tools"], unit.data["apis"], load_model(engine.base))
+    assert len(answers) == 1 and asked and not any(asked)

@@ -541,7 +541,7 @@ class Loogle:
         preds = generate(None, [QA_PROMPT.format(question=q["Q"]) for *_, q in items],
                          max_new_tokens=p.eval_max_new_tokens, samples=p.eval_samples,
                          temperature=p.eval_temperature, top_p=1.0, seed=engine.seed, desc="answer",
-                         model_and_tok=model.load(), cpu_bf16=p.cpu_bf16)
+                         model_and_tok=model.load())
         rows = []
         for (doc, j, q), answers in zip(items, preds):
             row = {"item": f"{doc}:{j}", "document": doc, "question": q["Q"], "gold": q["A"],

@@ -230,8 +230,7 @@ class Squad:
         passages = unit.data["passages"]
         items = [(x.get("pid", i), j, q) for i, x in enumerate(passages) for j, q in enumerate(x["questions"])]
         preds = generate(None, [QA_PROMPT.format(question=q["question"]) for *_, q in items],
-                         max_new_tokens=engine.p.eval_max_new_tokens, desc="answer", model_and_tok=model.load(),
-                         cpu_bf16=engine.p.cpu_bf16)
+                         max_new_tokens=engine.p.eval_max_new_tokens, desc="answer", model_and_tok=model.load())
         return pd.DataFrame([{"item": f"{pid}:{j}", "document": pid, "question": q["question"], "gold": q["answer"],
                               "prediction": pred[0], "score": engine.judge.score(q["question"], q["answer"], pred[0]),
                               **{m: f(q["answer"], pred[0]) for m, f in STRICT_METRICS.items()}}

@@ -162,7 +162,7 @@ class ToolbenchParams(PastParams):
     rl_epochs: int = 3                          # passes over them: 12 GRPO steps (cpu: 4 steps did not move v)
     rl_max_new_tokens: int = 80                 # tokens per agent turn (paper Table 19: 1024 per response)
     rl_lr: float = 1e-5                         # GRPO LR (paper Table 19: PPO actor 1e-6)
-    cpu_bf16: bool = True                       # bf16 autocast on a CPU (cpu: 1.7x faster, Movies validation)
+    cpu_bf16: bool = True                       # bf16 autocast in training on a CPU (cpu: Movies validation)
     queries: str = "shipped"                    # "shipped" (StableToolBench solvable test set) or its folder
     source_category: str = "Movies"             # RL category (paper F.1)
     target_categories: list = field(default_factory=lambda: ["Text_Analysis", "Advertising"])  # cpu: fewest APIs
@@ -209,7 +209,7 @@ class ToolbenchParams(PastParams):
         judge = "llm (Table 18)" if self.judge == "llm" else "grounded (rules)"
         return (f"{self.model} · λ = {self.lam:g} · source {self.source_category} · seeds "
                 f"{', '.join(map(str, self.seeds))} · simulator {self.simulator} · solution judge {judge} · "
-                f"profile {self.profile}{' · bf16 autocast' * self.cpu_bf16}")
+                f"profile {self.profile}{' · bf16 training' * self.cpu_bf16}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ class Toolbench:
         torch.manual_seed(engine.seed)
         tasks = [t for t in self.tasks(queries) for _ in range(p.eval_runs)]
         episodes = run_episodes(model_, tok, tasks, simulator, engine.judge, p.max_turns, p.rl_max_new_tokens,
-                                p.eval_temperature, p.rl_top_p, p.rl_top_k, cpu_bf16=p.cpu_bf16)
+                                p.eval_temperature, p.rl_top_p, p.rl_top_k)
         rows = []
         for i, e in enumerate(episodes):
             q = queries[i // p.eval_runs]
@@ -557,12 +557,12 @@ def plot_fig3(table: pd.DataFrame, caption: str):
     return fig
 
 
-def recall_rows(tools: dict, apis: list[str], model_and_tok, cpu_bf16: bool = False) -> pd.DataFrame:
+def recall_rows(tools: dict, apis: list[str], model_and_tok) -> pd.DataFrame:
     """Per API with required parameters: asked for its definition closed-book (type D prompt, greedy), the share
     of its required parameter names the model writes (quoted, as JSON keys or values)."""
     names = [n for n in apis if tools[n]["required_parameters"]]
     outs = generate(None, [PAIR_PROMPTS["D"].format(name=n) for n in names], max_new_tokens=160, desc="recall",
-                    model_and_tok=model_and_tok, cpu_bf16=cpu_bf16)
+                    model_and_tok=model_and_tok)
     rows = []
     for n, o in zip(names, outs):
         required = [q["name"] for q in tools[n]["required_parameters"]]
@@ -584,7 +584,7 @@ def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     domains = [(f"{source.domain.name} (source)", source.domain, engine.model_of(source.sft))]
     domains += [(unit.name, unit, engine.adapt(unit, "target_sft")) for unit in bench.target_units(p)]
     base = load_model(engine.base)
-    per_api = pd.concat([recall_rows(tools, unit.data["apis"], mt, p.cpu_bf16).assign(domain=label, method=method)
+    per_api = pd.concat([recall_rows(tools, unit.data["apis"], mt).assign(domain=label, method=method)
                          for label, unit, model in domains for method, mt in (("Base", base), ("SFT", model.load()))],
                         ignore_index=True)[["domain", "api", "method", "required", "recalled", "output"]]
     targets = per_api[~per_api.domain.str.endswith("(source)")]
@@ -613,11 +613,11 @@ def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=pr
         model = engine.adapt(unit, "target_sft")
         answers = engine.answers(model, unit, "validation").assign(method=name, seed=seed)
         tools = bench.data(p)["tools"]
-        recall = recall_rows(tools, unit.data["apis"], model.load(), p.cpu_bf16)["recalled"]
-        once = (engine.base, unit.key, p.cpu_bf16)  # the base model's recall: once per model, unit and precision
-        if once not in base_recall:
-            base_recall[once] = recall_rows(tools, unit.data["apis"], load_model(engine.base), p.cpu_bf16)["recalled"]
-        base = base_recall[once]
+        recall = recall_rows(tools, unit.data["apis"], model.load())["recalled"]
+        if (engine.base, unit.key) not in base_recall:  # the base model's recall: once per model and unit
+            base_recall[engine.base, unit.key] = recall_rows(tools, unit.data["apis"],
+                                                             load_model(engine.base))["recalled"]
+        base = base_recall[engine.base, unit.key]
         row = behaviour(answers).iloc[0].to_dict()
         rows.append({"variant": name, "queries": len(unit.data["queries"]), "APIs": len(unit.data["apis"]),
                      "success %": round(100 * answers["score"].mean(), 1),
