@@ -43,8 +43,9 @@ def vllm_available() -> bool:
 def generate(model_dir, prompts: list[str], max_new_tokens: int, samples: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, batch_size: int = 64, seed: int = 0, use_vllm: bool = False,
              desc: str = "generate", model_and_tok=None, cpu_bf16: bool = False) -> list[list[str]]:
-    """`samples` completions per prompt (greedy when temperature == 0), in bf16 autocast on a CPU if `cpu_bf16`.
-    Returns one list per prompt.
+    """`samples` completions per prompt (greedy when temperature == 0). Returns one list per prompt.
+
+    `cpu_bf16` (bf16 autocast on a CPU) is for text a study trains on; scoring leaves it off (`Engine.answers`).
 
     On a CPU, decoding a small model is bound by reading the weights once per step, so one step for 64 sequences
     costs about 2.5× one step for 16 (bench/throughput.py): batches hold up to `batch_size` sequences

@@ -324,7 +324,11 @@ class Engine:
 
     # -- evaluation -----------------------------------------------------------------------------------
     def answers(self, model: Model, unit: Domain, split: str = "target") -> pd.DataFrame:
-        """Cached per-item scores of `model` on `unit` (the benchmark's scoring), one row per item."""
+        """Cached per-item scores of `model` on `unit` (the benchmark's scoring), one row per item.
+
+        Scoring runs in fp32 even where training ran in bf16 (`cpu_bf16`): a bf16 matmul rounds every weight of
+        θ + λ·v to bf16, and most elements of a 135M model's v are below half a bf16 step of their weight, so
+        the model would see v plus rounding noise about five times its norm (README, ToolBench)."""
         def build(tmp: Path):
             # every text field quoted: a model's output may hold a bare "\r", which unquoted splits a CSV row
             self.bench.score(self, model, unit, split).to_csv(tmp / "answers.csv", index=False,

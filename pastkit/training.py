@@ -35,10 +35,7 @@ def device_args(cpu_bf16: bool = False) -> dict:
 
 
 def autocast(cpu_bf16: bool):
-    """bf16 autocast on a CPU when `cpu_bf16`, else nothing: for the generation that is part of training (GRPO
-    rollouts, a study's own training data). Models are scored in fp32: in a bf16 matmul each weight of θ + λ·v
-    is rounded to bf16, and most elements of a small model's v are below half a bf16 step of the weight, so
-    the model would see v plus rounding noise several times its norm (README, ToolBench)."""
+    """The context generation runs in: bf16 autocast on a CPU when `cpu_bf16` (as training), else nothing."""
     if cpu_bf16 and not torch.cuda.is_available():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
