@@ -60,14 +60,14 @@ PRECISION_VARIANTS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = ap.add_mutually_exclusive_group()
-    which.add_argument("--turns", action="store_true", help="the turn limit, on the default SFT")
-    which.add_argument("--batching", action="store_true", help="the SFT's batching, on the default Stage 2")
-    which.add_argument("--precision", action="store_true", help="fp32 against bf16 autocast, on the defaults")
+    for flag, variants, what in (("--turns", TURN_VARIANTS, "the turn limit, on the default SFT"),
+                                 ("--batching", BATCHING_VARIANTS, "the SFT's batching, on the default Stage 2"),
+                                 ("--precision", PRECISION_VARIANTS, "fp32 against bf16 autocast, on the defaults")):
+        which.add_argument(flag, dest="variants", action="store_const", const=variants, help=what)
     args = ap.parse_args()
     quiet_libraries()
     base = ToolbenchParams()
-    variants = TURN_VARIANTS if args.turns else BATCHING_VARIANTS if args.batching else \
-        PRECISION_VARIANTS if args.precision else VARIANTS
+    variants = args.variants or VARIANTS
     table, answers = validation_check({name: replace(base, **change) for name, change in variants.items()})
     print(table.to_markdown(index=False))
     print(answers.groupby(["method", "query"], sort=False)["status"].agg(lambda s: ", ".join(s)).to_markdown())
