@@ -316,6 +316,7 @@ class LoogleParams(PastParams):
     qa_source: str = "recite"                   # "proposed" (paper E.2); cpu: "recite", chosen on non-test docs
     rl_qa_source: str = ""                      # GRPO's questions; "": phase 2's (paper; cpu: chosen on validation)
     rl_holdout: float = 0.0                     # a source's pairs phase 2 leaves to GRPO (cpu: 0, on validation)
+    cpu_bf16: bool = True                       # bf16 autocast in training on a CPU (cpu: chosen on non-test docs)
     gen_tokens: int = 128                       # max new tokens per summary or proposed QA pair
     gen_temperature: float = 1.0                # sampling temperature of the data generation (paper E.2)
     sft_max_len: int = 512                      # SFT sequence length in tokens (paper Table 13: 8192)
