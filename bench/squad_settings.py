@@ -20,7 +20,8 @@ from pastkit.report import quiet_libraries
 # The precision, checked after bf16 autocast on the CPU (`cpu_bf16`) had won ToolBench's and LooGLE's checks: a speed
 # setting, so it has to be no worse, not better. The rule, fixed before the run: more invented facts recovered
 # (contains), then token F1; a tie at one decimal goes to bf16, the cheaper. GRPO's precision is not part of this
-# check (in a study it follows the SFT's).
+# check (in a study it follows the SFT's). At 3e90439 both recovered 37.5 % of the facts and fp32 had the higher token
+# F1 (20.0 against 19.6, README), so SQuAD stays in fp32.
 PRECISION_VARIANTS = {
     "fp32 (the cpu default)": {"cpu_bf16": False},
     "bf16 autocast on the CPU (cpu_bf16)": {"cpu_bf16": True},
@@ -29,7 +30,7 @@ PRECISION_VARIANTS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--precision", action="store_true", required=True, help="fp32 against bf16 autocast")
+    ap.add_argument("--precision", action="store_true", help="fp32 against bf16 autocast (the only check here)")
     ap.parse_args()
     quiet_libraries()
     rows = []
