@@ -308,13 +308,16 @@ def table_claims(table3: pd.DataFrame | None, strategies: pd.DataFrame, where: s
 
 def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame,
                groups_on_test: pd.DataFrame | None = None, table3: pd.DataFrame | None = None,
-               composed: pd.DataFrame | None = None, loogle: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
-    """One line per claim, from the numbers (`loogle`: Tables 3 and 4 on LooGLE, when they were run)."""
+               composed: pd.DataFrame | None = None, loogle: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+               loogle_ctrl: pd.DataFrame | None = None) -> str:
+    """One line per claim, from the numbers (`loogle`: Tables 3 and 4 on LooGLE, when they were run;
+    `loogle_ctrl`: the controls on LooGLE)."""
     lines = table_claims(table3, strategies, "SQuAD" if loogle else "") + (table_claims(*loogle, "LooGLE")
                                                                           if loogle else [])
-    for m in [m for m in ctrl.method if m != TARGET]:
-        d, v = _diff(ctrl, m)
-        lines.append(f"Control: {m} − Target SFT = {d} points: {v}.")
+    for bench, table in (("SQuAD", ctrl), ("LooGLE", loogle_ctrl)):
+        for m in [m for m in table.method if m != TARGET] if table is not None else []:
+            d, v = _diff(table, m)
+            lines.append(f"Control ({bench}): {m} − Target SFT = {d} points: {v}.")
     chosen = lam.loc[lam.chosen, "lam"].iloc[0]
     lines.append(f"λ chosen on validation: {chosen:g} (grid {', '.join(f'{x:g}' for x in lam.lam)}).")
     for m in [m for m in on_test.method if m != TARGET]:

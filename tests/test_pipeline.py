@@ -177,10 +177,14 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     groups = pd.read_csv(ablations / "lambda_groups_validation_squad.csv")
     assert set(groups.group) == {"attention", "mlp", "rest"} and groups.chosen.any()
     assert len(pd.read_csv(ablations / "lambda_groups_test_squad.csv")) == 3
-    for name in ("table3_iterative_loogle.csv", "table4_transfer_loogle.md", "table4_transfer_loogle.png"):
+    for name in ("table3_iterative_loogle.csv", "table4_transfer_loogle.md", "table4_transfer_loogle.png",
+                 "controls_loogle.csv", "controls_loogle.png"):
         assert (ablations / name).stat().st_size > 0, name
     assert list(pd.read_csv(ablations / "table3_iterative_loogle.csv").method) == [
         "Target SFT", "1 round (N = 1)", "1 round (N = 2)", "2 rounds (N = 1)"]
+    assert list(pd.read_csv(ablations / "controls_loogle.csv").method) == [
+        "Target SFT", "+ λ·v (PaST)", "− λ·v", "+ λ·random, same norm per tensor (seed 0)",
+        "+ λ·random, same norm per tensor (seed 1)"]
     comp = pd.read_csv(ablations / "composition.csv")  # SQuAD + LooGLE vectors, on each benchmark
     assert list(comp.benchmark) == ["SQuAD"] * 4 + ["LooGLE"] * 4
     assert list(comp.method[:4]) == ["Target SFT", "+ λ·v_SQuAD (PaST)", "+ λ·v_LooGLE", "+ λ·(v_SQuAD + v_LooGLE)"]
