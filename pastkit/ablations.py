@@ -77,7 +77,7 @@ def iterative_refinement(study: Study, unit: Domain) -> tuple[pd.DataFrame, pd.D
     steps), and of two rounds on N (Algorithm 1). The 1×N and 2×N vectors are the study's own rounds; the 1×2N
     run is a study of its own with `rounds=1`, twice the source documents per round and twice `rl_prompts`.
     Returns (answers, the steps each variant took, read from its stages, so "equal steps" is checked, not
-    assumed)."""
+    assumed). What the 1×2N run flags (a zero vector, a reward that never varied) joins the study's flags."""
     p = study.params
     size, documents = SOURCE_SIZE[study.benchmark.name]
     n = getattr(p, size)
@@ -85,7 +85,9 @@ def iterative_refinement(study: Study, unit: Domain) -> tuple[pd.DataFrame, pd.D
     frames, steps = [], []
     for engine in study.engines:
         rounds = study.rounds[engine.seed]
-        [wide] = Engine(study.benchmark, double, engine.seed, engine.log).distill()
+        wide_engine = Engine(study.benchmark, double, engine.seed, engine.log)
+        [wide] = wide_engine.distill()
+        engine.flags += [f"1 round on {2 * n}: {message}" for message in wide_engine.flags]
         variants = {f"1 round (N = {n})": [rounds[0]], f"1 round (N = {2 * n})": [wide],
                     f"{len(rounds)} rounds (N = {n})": rounds}
         frames.append(engine.answers(engine.adapt(unit, "target_sft"), unit).assign(method=TARGET, seed=engine.seed))

@@ -213,3 +213,29 @@ def test_precision_is_part_of_every_stage_key(runs):
         assert a.key != b.key and _inputs(a)["cpu_bf16"] is False and _inputs(b)["cpu_bf16"] is True
     assert _inputs(bf16.sft)["spec"]["cpu_bf16"] is True and _inputs(bf16.rl)["spec"]["cpu_bf16"] is True
     assert json.loads((bf16.rl.path / "model" / "summary.json").read_text())["spec"]["cpu_bf16"] is True
+
+
+def test_what_table3s_wide_round_flags_reaches_the_study(monkeypatch):
+    """Table 3's 1-round-on-2N run is an engine of its own; a zero vector it meets must reach the notebook's flags
+    (and the table's provenance), not stay in that engine."""
+    from types import SimpleNamespace as NS
+
+    class WideEngine:  # stands in for the 1×2N run: it only distills, and flags its vector
+        def __init__(self, bench, params, seed, log):
+            assert params.rounds == 1 and params.n_source == 2 * study.params.n_source
+            self.flags = ["skill vector v-wide is exactly zero"]
+
+        def distill(self):
+            return [NS(domain=NS(data={"passages": [1, 2]}), sft="sft", rl="rl")]
+
+    engine = NS(seed=0, log=print, flags=[], answers=lambda model, unit: pd.DataFrame({"score": [0.5]}),
+                adapt=lambda unit, strategy, source=None: strategy, sft_steps=lambda sft: 1,
+                summary=lambda rl: {"steps": 1})
+    source = NS(domain=NS(data={"passages": [1]}), sft="sft", rl="rl")
+    study = NS(params=NS(n_source=1, rl_prompts=2, rounds=2), benchmark=NS(name="squad"), engines=[engine],
+               rounds={0: [source, source]})
+    monkeypatch.setattr(ablations, "Engine", WideEngine)
+    monkeypatch.setattr(ablations.dataclasses, "replace", lambda p, **kw: NS(**{**vars(p), **kw}))
+    answers, steps = ablations.iterative_refinement(study, unit="target")
+    assert engine.flags == ["1 round on 2: skill vector v-wide is exactly zero"]
+    assert list(steps["source documents"]) == [1, 2, 2] and len(answers) == 4
