@@ -42,7 +42,7 @@ class SquadAblationParams(SquadParams):
 
     n_val: int = 8                              # validation passages: the target file's last, never its first
     lam_grid: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0])  # λ values tried on validation
-    loogle_tables: bool = True                  # Tables 3 and 4 on LooGLE too (about 33 min in cpu; README)
+    loogle_tables: bool = True                  # Tables 3 and 4 on LooGLE too (about 15 min in cpu; README)
 
     def __post_init__(self):
         super().__post_init__()
