@@ -87,7 +87,8 @@ def iterative_refinement(study: Study, unit: Domain) -> tuple[pd.DataFrame, pd.D
         rounds = study.rounds[engine.seed]
         wide_engine = Engine(study.benchmark, double, engine.seed, engine.log)
         [wide] = wide_engine.distill()
-        engine.flags += [f"1 round on {2 * n}: {message}" for message in wide_engine.flags]
+        for message in wide_engine.flags:
+            engine.flag(f"1 round on {2 * n}: {message}")
         variants = {f"1 round (N = {n})": [rounds[0]], f"1 round (N = {2 * n})": [wide],
                     f"{len(rounds)} rounds (N = {n})": rounds}
         frames.append(engine.answers(engine.adapt(unit, "target_sft"), unit).assign(method=TARGET, seed=engine.seed))

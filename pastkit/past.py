@@ -160,7 +160,7 @@ class Engine:
                            expect=("model",), code=("pastkit.knowledge", "pastkit.training"))
         summary = self.summary(stage)
         if not summary["loss_fell"]:
-            self._flag(f"SFT phase {phase.name!r} ({stage.path.name}): the training loss did not fall "
+            self.flag(f"SFT phase {phase.name!r} ({stage.path.name}): the training loss did not fall "
                        f"({summary['loss_first']} → {summary['loss_last']})")
         return stage
 
@@ -183,7 +183,7 @@ class Engine:
                            expect=("model",), code=("pastkit.skill_rl", "pastkit.training", *self.bench.code))
         summary = self.summary(stage)
         if summary["reward_never_varied"]:
-            self._flag(f"GRPO ({stage.path.name}): the reward never varied within a group, so every advantage was "
+            self.flag(f"GRPO ({stage.path.name}): the reward never varied within a group, so every advantage was "
                        "0 and RL changed nothing but what the KL term moved")
         return stage
 
@@ -221,7 +221,7 @@ class Engine:
         stage = self.stage("skill-vector", {"rl": rl.key, "sft": sft.key, **({"step": step} if step else {})},
                            build, expect=(VECTOR_FILE,), code=("pastkit.skill_vector", "pastkit.checkpoint"))
         if self.vector_norm(stage) == 0:
-            self._flag(f"skill vector {stage.path.name} is exactly zero: RL did not change the model, so every "
+            self.flag(f"skill vector {stage.path.name} is exactly zero: RL did not change the model, so every "
                        "PaST row equals its baseline")
         return stage
 
@@ -346,7 +346,8 @@ class Engine:
                            code=("pastkit.generation", "pastkit.judges", *self.bench.code))
         return pd.read_csv(stage.path / "answers.csv", keep_default_na=False)
 
-    def _flag(self, message: str) -> None:
+    def flag(self, message: str) -> None:
+        """Record a degenerate result once (the notebooks print `flags` and write them into provenance)."""
         if message not in self.flags:
             self.flags.append(message)
             self.log(f"[flag]   {message}")

@@ -220,6 +220,8 @@ def test_what_table3s_wide_round_flags_reaches_the_study(monkeypatch):
     (and the table's provenance), not stay in that engine."""
     from types import SimpleNamespace as NS
 
+    from pastkit.benchmarks.squad import SquadParams
+
     class WideEngine:  # stands in for the 1×2N run: it only distills, and flags its vector
         def __init__(self, bench, params, seed, log):
             assert params.rounds == 1 and params.n_source == 2 * study.params.n_source
@@ -228,14 +230,13 @@ def test_what_table3s_wide_round_flags_reaches_the_study(monkeypatch):
         def distill(self):
             return [NS(domain=NS(data={"passages": [1, 2]}), sft="sft", rl="rl")]
 
-    engine = NS(seed=0, log=print, flags=[], answers=lambda model, unit: pd.DataFrame({"score": [0.5]}),
-                adapt=lambda unit, strategy, source=None: strategy, sft_steps=lambda sft: 1,
-                summary=lambda rl: {"steps": 1})
+    flags = []
+    engine = NS(seed=0, log=print, flags=flags, flag=flags.append, sft_steps=lambda sft: 1,
+                answers=lambda model, unit: pd.DataFrame({"score": [0.5]}),
+                adapt=lambda unit, strategy, source=None: strategy, summary=lambda rl: {"steps": 1})
     source = NS(domain=NS(data={"passages": [1]}), sft="sft", rl="rl")
-    study = NS(params=NS(n_source=1, rl_prompts=2, rounds=2), benchmark=NS(name="squad"), engines=[engine],
-               rounds={0: [source, source]})
+    study = NS(params=SquadParams(), benchmark=NS(name="squad"), engines=[engine], rounds={0: [source, source]})
     monkeypatch.setattr(ablations, "Engine", WideEngine)
-    monkeypatch.setattr(ablations.dataclasses, "replace", lambda p, **kw: NS(**{**vars(p), **kw}))
     answers, steps = ablations.iterative_refinement(study, unit="target")
-    assert engine.flags == ["1 round on 2: skill vector v-wide is exactly zero"]
+    assert engine.flags == ["1 round on 12: skill vector v-wide is exactly zero"]
     assert list(steps["source documents"]) == [1, 2, 2] and len(answers) == 4
