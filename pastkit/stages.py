@@ -19,6 +19,8 @@ stages, the old ones are never used again and only take disk).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -103,7 +105,7 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
             log(f"[clean]  removed {leftover.name}, left by a run that was killed")
         log(f"[run]    {name} ({path.name})")
         t0 = time.time()
-        with atomic_output(path, force=path.exists()) as tmp:
+        with atomic_output(path, force=path.exists()) as tmp, _disk_full_said(root, name):
             tmp.mkdir(parents=True)
             build(tmp)
             for product in expect:
@@ -118,6 +120,31 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
                 indent=2, default=str))
         log(f"[done]   {name} in {time.time() - t0:.0f} s")
         return Stage(name, key, path)
+
+
+@contextlib.contextmanager
+def _disk_full_said(root: Path, name: str):
+    """Turn "no space left on device", however deep a library raised it, into an error that says what to do.
+
+    Every stage that holds a model stores it whole (a three-seed LooGLE run once filled this machine's disk),
+    so the cache is where the space went; the half-written stage is removed by the atomic write around it.
+    """
+    try:
+        yield
+    except Exception as e:
+        chain, seen = [], e
+        while seen is not None and len(chain) < 20:
+            chain.append(seen)
+            seen = seen.__cause__ or seen.__context__
+        if not any(getattr(x, "errno", None) == errno.ENOSPC or "No space left on device" in str(x) for x in chain):
+            raise
+        held = sum(c.bytes for c in cached_stages()) / 1e9
+        free = shutil.disk_usage(root).free / 1e9
+        raise StageError(f"stage {name}: the disk holding the stage cache {root} is full ({free:.1f} GB free; the "
+                         f"cache holds {held:.1f} GB). Nothing was cached. `pastkit stages` shows what it holds and "
+                         "`pastkit stages --unused-for 1d --delete` deletes the stages no run used for a day; or "
+                         "point PASTKIT_RUNS at a larger disk. Finished stages are kept: the run resumes from "
+                         "them.") from e
 
 
 def _lock_file(root: Path, stage_folder: str):

@@ -1,5 +1,7 @@
-"""The stage cache knows when each stage was last used, and prunes only stages no run used since a given time."""
+"""The stage cache knows when each stage was last used, prunes only stages no run used since a given time, and
+says what to do when it fills the disk."""
 
+import errno
 import fcntl
 import os
 import time
@@ -7,7 +9,7 @@ import time
 import pytest
 
 from pastkit.cli import main
-from pastkit.stages import LOCKS, STAGE_FILE, cached_stages, prune, run_stage
+from pastkit.stages import LOCKS, STAGE_FILE, StageError, cached_stages, prune, run_stage
 
 QUIET = {"log": lambda *_: None}
 
@@ -76,3 +78,36 @@ def test_stages_command(tmp_path, monkeypatch, capsys):
 def test_stages_command_refuses_unclear_requests(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
     assert main(argv) == 2 and message in capsys.readouterr().err
+
+
+def _fills_the_disk(how: str):
+    def build(d):
+        (d / "model.safetensors").write_bytes(b"half")
+        if how == "os":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        # as safetensors reports it: its own exception, the OS error only in the text
+        raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                           'left on device" })')
+    return build
+
+
+@pytest.mark.parametrize("how", ["os", "library"])
+def test_a_full_disk_says_where_the_space_went_and_caches_nothing(how, tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    _stage(1)
+    with pytest.raises(StageError) as e:
+        run_stage("sft-full", {"x": 1}, _fills_the_disk(how), expect=("model.safetensors",), **QUIET)
+    said = str(e.value)
+    assert str(tmp_path) in said and "is full" in said and "pastkit stages --unused-for" in said
+    assert [c.name for c in cached_stages()] == ["answers"]  # the finished stage is kept, the broken one is not
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCKS, _stage(1).path.name])  # no temporary left
+
+
+def test_other_build_errors_pass_through_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+
+    def build(d):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError):
+        run_stage("sft-full", {"x": 1}, build, **QUIET)
