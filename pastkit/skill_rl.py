@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .training import curve, device_args, interactive, progress_callback, quiet_trainer, start_end
+from .training import autocast, curve, device_args, interactive, progress_callback, quiet_trainer, start_end
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(init_dir, use_safetensors=True, trust_remote_code=False)
+    if spec.cpu_bf16 and not spec.use_vllm:
+        _decode_in_one_autocast(model)
     conversational = bool(tok.chat_template)
     prompts = [[{"role": "user", "content": p}] if conversational and isinstance(p, str) else p for p in task.prompts]
     data = Dataset.from_dict({"prompt": prompts, **task.columns})
@@ -115,3 +117,21 @@ def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(out / "_trainer", ignore_errors=True)
     return summary
+
+
+def _decode_in_one_autocast(model) -> None:
+    """Make trl's rollouts (`model.generate`) run inside one bf16 autocast region on a CPU.
+
+    Accelerate's mixed precision wraps `forward` in an autocast region of its own, so a rollout re-casts every
+    weight to bf16 once per generated token (autocast keeps its casts only until the outermost region ends);
+    decoding 4 x 32 tokens then took 4.7 s against 2.8 s in fp32 and 1.8-2.1 s in one region (SmolLM2-135M, one
+    thread). Inside one region the weights are cast once per rollout, to the same bf16 values. The weights do not
+    change during a rollout, so the cached casts are never stale; the region ends when `generate` returns.
+    """
+    generate = model.generate
+
+    def generate_in_one_autocast(*args, **kwargs):
+        with autocast(True):
+            return generate(*args, **kwargs)
+
+    model.generate = generate_in_one_autocast

@@ -215,6 +215,29 @@ def test_precision_is_part_of_every_stage_key(runs):
     assert json.loads((bf16.rl.path / "model" / "summary.json").read_text())["spec"]["cpu_bf16"] is True
 
 
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_grpo_rollouts_decode_in_one_autocast_region_in_bf16(cpu_bf16, tiny_model, tmp_path, monkeypatch):
+    """In bf16, trl's rollouts run inside one autocast region (weights cast once per rollout, not once per token,
+    as accelerate's per-forward region alone would); in fp32 there is none, and the policy is saved in fp32."""
+    from transformers import GenerationMixin
+
+    from pastkit.skill_rl import GRPOSpec, train_grpo
+
+    seen, generate = [], GenerationMixin.generate
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", recording)
+    task = RLTask([f"Tell me about: {d}" for d in DOCS["source 1"]], [_variety])
+    spec = GRPOSpec(epochs=1, lr=1e-2, group=2, prompts_per_step=1, beta=0.0, temperature=1.0, top_p=1.0, top_k=0,
+                    max_new_tokens=4, cpu_bf16=cpu_bf16)
+    summary = train_grpo(tiny_model, task, tmp_path / "rl", spec, seed=0, log=lambda *_: None)
+    assert summary["steps"] == 2 and seen and set(seen) == {cpu_bf16}
+    assert {t.dtype for t in load_dir(tmp_path / "rl").values()} == {torch.float32}
+
+
 def test_what_table3s_wide_round_flags_reaches_the_study(monkeypatch):
     """Table 3's 1-round-on-2N run is an engine of its own; a zero vector it meets must reach the notebook's flags
     (and the table's provenance), not stay in that engine."""
