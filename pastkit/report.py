@@ -4,16 +4,20 @@ The committed reference results in figures/ are written only by the reference ru
 runs the cpu profile with `results_dir` set to figures/). Every other run (papermill with overrides, a custom
 profile, JupyterLab) writes to results/<profile>-<hash of its parameters>/, so two runs with different
 parameters never overwrite each other, and says where. Each file gets a `<name>.provenance.json` record
-(profile, model, every parameter, seeds, flags, commit, pastkit version, checksum); writes are atomic.
+(profile, model, every parameter, seeds, flags, commit, pastkit version, the machine, checksum); writes are
+atomic.
 $PASTKIT_RESULTS and $PASTKIT_RUNS move the results and stage folders (tests use them).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 import subprocess
 import time
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 from . import __version__
@@ -49,12 +53,41 @@ def git_commit() -> str | None:
         return None
 
 
+@functools.cache
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The CPU and library versions a result was computed on.
+
+    The same code, data and seed give different numbers on different hardware: bf16 kernels round differently
+    with and without AMX (LooGLE's Table 2 moved by four points between two such CPUs), so a result says where it
+    was made. `bf16` lists the CPU's bf16 instructions (Linux only; empty where none or unknown).
+    """
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "transformers", "trl", "peft"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "bf16": sorted(flags & {"amx_bf16", "avx512_bf16"}),
+            "python": platform.python_version(), **versions}
+
+
 def provenance(params, notebook: str, **extra) -> dict:
     p = params.as_dict()
     return {"notebook": notebook, "profile": p.get("profile"), "model": p.get("model"), "seeds": p.get("seeds"),
             "lam": p.get("lam"), "rounds": p.get("rounds"), "judge": p.get("judge"), "params": p,
             "commit": git_commit(), "pastkit_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **extra}
+            "machine": machine(), **extra}
 
 
 def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:

@@ -353,3 +353,21 @@ def test_provenance_commit_is_dirty_for_edited_source_not_for_rewritten_figures(
     assert not report.git_commit().endswith("+dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert report.git_commit().endswith("+dirty")
+
+
+def test_provenance_names_the_machine_a_result_was_made_on(tmp_path):
+    """bf16 numbers differ between CPUs with and without AMX, so every result records the CPU and library versions."""
+    from importlib import metadata
+
+    from pastkit import report
+    from pastkit.benchmarks.squad import SquadParams
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                       "flags\t\t: fpu sse2 avx512_bf16 amx_bf16 amx_tile\n"
+                       "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    seen = report.machine(cpuinfo)
+    assert seen["cpu"] == "Test CPU 9000" and seen["bf16"] == ["amx_bf16", "avx512_bf16"]
+    assert seen["torch"] == metadata.version("torch") and seen["trl"] == metadata.version("trl")
+    assert report.machine(tmp_path / "absent")["bf16"] == []
+    assert report.provenance(SquadParams(), "02_squad")["machine"] == report.machine()
