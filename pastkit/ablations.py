@@ -102,16 +102,21 @@ def iterative_refinement(study: Study, unit: Domain) -> tuple[pd.DataFrame, pd.D
     return pd.concat(frames, ignore_index=True), pd.DataFrame(steps)
 
 
-def controls(engine: Engine, unit: Domain, source: Round, seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
-    """Answers of θ_T, θ_T + λ·v (PaST), θ_T − λ·v and θ_T + λ·r (r random, ‖r‖ = ‖v‖ per tensor) on `unit`."""
-    lam, target = engine.p.lam, engine.adapt(unit, "target_sft")
-    models = {TARGET: target, "+ λ·v (PaST)": engine.adapt(unit, "post_hoc", source),
-              "− λ·v": engine.model_of(target.stage, source.vector, -lam)}
-    for s in seeds:
-        models[f"+ λ·random, same norm per tensor (seed {s})"] = engine.model_of(
-            target.stage, engine.derived_vector("random", [source.vector], s), lam)
-    return pd.concat([engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()],
-                     ignore_index=True)
+def controls(study: Study, unit: Domain, random_seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
+    """Answers of θ_T, θ_T + λ·v (PaST), θ_T − λ·v and θ_T + λ·r (r random, ‖r‖ = ‖v‖ per tensor, one per
+    `random_seeds`) on `unit`, for every seed of `study`, each with its own θ_T and its last round's v. They cost
+    an injection and an evaluation each, so unlike Table 4 they run on every seed the study trained."""
+    frames = []
+    for engine in study.engines:
+        source = study.rounds[engine.seed][-1]
+        lam, target = engine.p.lam, engine.adapt(unit, "target_sft")
+        models = {TARGET: target, "+ λ·v (PaST)": engine.adapt(unit, "post_hoc", source),
+                  "− λ·v": engine.model_of(target.stage, source.vector, -lam)}
+        for s in random_seeds:
+            models[f"+ λ·random, same norm per tensor (seed {s})"] = engine.model_of(
+                target.stage, engine.derived_vector("random", [source.vector], s), lam)
+        frames += [engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()]
+    return pd.concat(frames, ignore_index=True)
 
 
 def companion_params(cls: type[PastParams], params: PastParams) -> PastParams:
@@ -233,6 +238,11 @@ def markdown(t: pd.DataFrame, judge: str, caption: str) -> str:
                      **{label: f"{getattr(r, m):.1f}" for m, label in (("contains", "contains gold %"),
                                                                        ("exact", "exact %")) if hasattr(r, m)},
                      "questions / documents": f"{r.n_items} / {r.n_documents}"})
+        if r.seeds > 1:  # the seeds' spread beside the documents'
+            rows[-1]["vs Target SFT, over seeds [95% CI]"] = "—" if r.method == TARGET else (
+                f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_seed_ci_low:+.1f}, "
+                f"{r.score_vs_baseline_seed_ci_high:+.1f}]")
+            rows[-1]["per seed"] = r.score_per_seed
     return f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n{caption}"
 
 
@@ -285,9 +295,16 @@ def plot(t: pd.DataFrame, title: str, caption: str):
 
 
 def _diff(t: pd.DataFrame, method: str) -> tuple[str, str]:
+    """The paired difference to Target SFT with its interval over documents, and in words; with several seeds,
+    also its interval over seeds, and the words say whether the two intervals agree."""
     r = t.set_index("method").loc[method]
-    return (f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}]",
-            verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high))
+    d = f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}]"
+    v = verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high)
+    if r.seeds > 1:
+        lo, hi = r.score_vs_baseline_seed_ci_low, r.score_vs_baseline_seed_ci_high
+        d += f" over documents, [{lo:+.1f}, {hi:+.1f}] over {int(r.seeds)} seeds"
+        v = f"over documents {v}; over seeds {verdict(r.score_vs_baseline, lo, hi)}"
+    return d, v
 
 
 def table_claims(table3: pd.DataFrame | None, strategies: pd.DataFrame, where: str = "") -> list[str]:
@@ -309,6 +326,12 @@ def table_claims(table3: pd.DataFrame | None, strategies: pd.DataFrame, where: s
     return lines
 
 
+def control_claims(ctrl: pd.DataFrame, where: str) -> list[str]:
+    """Each control's paired difference to Target SFT, in words (`where`: a benchmark name)."""
+    return [f"Control ({where}): {m} − Target SFT = {d} points: {v}."
+            for m in ctrl.method if m != TARGET for d, v in [_diff(ctrl, m)]]
+
+
 def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, on_test: pd.DataFrame,
                groups_on_test: pd.DataFrame | None = None, table3: pd.DataFrame | None = None,
                composed: pd.DataFrame | None = None, loogle: tuple[pd.DataFrame, pd.DataFrame] | None = None,
@@ -318,9 +341,7 @@ def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, 
     lines = table_claims(table3, strategies, "SQuAD" if loogle else "") + (table_claims(*loogle, "LooGLE")
                                                                           if loogle else [])
     for bench, table in (("SQuAD", ctrl), ("LooGLE", loogle_ctrl)):
-        for m in [m for m in table.method if m != TARGET] if table is not None else []:
-            d, v = _diff(table, m)
-            lines.append(f"Control ({bench}): {m} − Target SFT = {d} points: {v}.")
+        lines += control_claims(table, bench) if table is not None else []
     chosen = lam.loc[lam.chosen, "lam"].iloc[0]
     lines.append(f"λ chosen on validation: {chosen:g} (grid {', '.join(f'{x:g}' for x in lam.lam)}).")
     for m in [m for m in on_test.method if m != TARGET]:

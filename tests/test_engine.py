@@ -173,6 +173,26 @@ def test_composition_scores_two_benchmarks_vectors_alone_and_added(runs):
     assert (t[t.method.str.endswith("(PaST)")].score_vs_own == 0).all()
 
 
+def test_controls_run_on_every_seed_with_its_own_target_and_vector(runs):
+    study = Study.run(Toy(), ToyParams(rounds=1, seeds=[0, 1]), log=lambda *_: None)
+    target = Domain("target", DOCS["target"], "target")
+    answers = ablations.controls(study, target, random_seeds=(0,))
+    methods = ["Target SFT", "+ λ·v (PaST)", "− λ·v", "+ λ·random, same norm per tensor (seed 0)"]
+    assert list(answers.groupby(["seed", "method"], sort=False).size().index) == [(s, m) for s in (0, 1)
+                                                                                   for m in methods]
+    scored = [_inputs_dir(p)["model"] for p in runs.glob("answers-*")]
+    for engine in study.engines:  # −v: this seed's target SFT minus this seed's vector, never another seed's
+        sft = engine.adapt(target, "target_sft").stage
+        assert {"stage": sft.key, "vector": study.rounds[engine.seed][0].vector.key, "lam": -1.0} in scored
+    assert study.rounds[0][0].vector.key != study.rounds[1][0].vector.key
+    t = ablations.table(answers)
+    assert (t.seeds == 2).all()
+    md = ablations.markdown(t, "toy", "caption")
+    assert "over seeds [95% CI]" in md and "per seed" in md
+    claims = ablations.control_claims(t, "Toy")
+    assert len(claims) == 3 and all("over 2 seeds" in c and "over seeds" in c for c in claims)
+
+
 def test_sft_steps_count_every_phase_of_a_chain(runs):
     """A two-phase SFT (LooGLE's curriculum) is counted as both phases' steps, down to the base model."""
     from pastkit.past import Engine
