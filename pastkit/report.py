@@ -4,8 +4,8 @@ The committed reference results in figures/ are written only by the reference ru
 runs the cpu profile with `results_dir` set to figures/). Every other run (papermill with overrides, a custom
 profile, JupyterLab) writes to results/<profile>-<hash of its parameters>/, so two runs with different
 parameters never overwrite each other, and says where. Each file gets a `<name>.provenance.json` record
-(profile, model, every parameter, seeds, flags, commit, pastkit version, the machine, checksum); writes are
-atomic.
+(profile, model, every parameter, seeds, flags, commit, pastkit version, the machine, the machines that built the
+stages it used, checksum); writes are atomic.
 $PASTKIT_RESULTS and $PASTKIT_RUNS move the results and stage folders (tests use them).
 """
 
@@ -83,11 +83,15 @@ def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
 
 
 def provenance(params, notebook: str, **extra) -> dict:
+    """What a result carries: the parameters, the commit, the machine it was made on, and the machines that built
+    the stages its process used (`stages.machines_used`; a stage cache may come from another machine)."""
+    from .stages import machines_used  # stages imports this module
+
     p = params.as_dict()
     return {"notebook": notebook, "profile": p.get("profile"), "model": p.get("model"), "seeds": p.get("seeds"),
             "lam": p.get("lam"), "rounds": p.get("rounds"), "judge": p.get("judge"), "params": p,
             "commit": git_commit(), "pastkit_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": machine(), **extra}
+            "machine": machine(), "stages_built_on": machines_used(), **extra}
 
 
 def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:

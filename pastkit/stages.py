@@ -12,6 +12,11 @@ error naming the file, never read back as truth. A build that leaves an expected
 empty (or fails its `check`) has failed: nothing is cached. Two processes asking for the same stage take
 a lock: the second waits and reuses the first one's result.
 
+A stage records the machine that built it (`report.machine`: CPU, its bf16 instructions, library versions): bf16
+training gives different models on different CPUs, and a cache can be copied or shared between machines. A stage
+read back from another machine says so in the log, and `machines_used` hands every result's provenance the
+machines behind the stages its process used.
+
 Every stage built or read back has its stage.json's modification time set to now, so the cache knows when a
 stage was last used: `prune` deletes the stages no run has used since a given time (after code changes re-key
 stages, the old ones are never used again and only take disk).
@@ -32,10 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .outputs import MARKER, atomic_output, remove_stale_temporaries, sha256_file
-from .report import runs_dir
+from .report import machine, runs_dir
 
 STAGE_FILE = "stage.json"
 LOCKS = ".locks"  # one lock file per stage key, so two processes never build the same stage at once
+_USED: dict[str, dict | None] = {}  # stage folder -> the machine that built it (None: not recorded), this process
 
 
 class StageError(RuntimeError):
@@ -99,7 +105,10 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
                 os.utime(path / STAGE_FILE)
             except OSError:
                 pass
-            log(f"[cached] {name} ({path.name})")
+            built_on = json.loads((path / STAGE_FILE).read_text()).get("machine")
+            _USED[path.name] = built_on
+            elsewhere = "" if built_on == machine() else f" · built on {describe_machine(built_on)}"
+            log(f"[cached] {name} ({path.name}){elsewhere}")
             return Stage(name, key, path)
         for leftover in remove_stale_temporaries(root):
             log(f"[clean]  removed {leftover.name}, left by a run that was killed")
@@ -116,10 +125,29 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
                 check(tmp)
             (tmp / STAGE_FILE).write_text(json.dumps(
                 {"stage": name, "key": key, "inputs": inputs, "seconds": round(time.time() - t0, 1),
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sha256": _checksums(tmp)},
-                indent=2, default=str))
+                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+                 "sha256": _checksums(tmp)}, indent=2, default=str))
+        _USED[path.name] = machine()
         log(f"[done]   {name} in {time.time() - t0:.0f} s")
         return Stage(name, key, path)
+
+
+def machines_used() -> list[dict]:
+    """The machines that built the stages this process built or read back: one entry per machine, with how many
+    stages it built and whether it is this one. A result's provenance carries it, so numbers computed from a
+    cache made elsewhere (or partly elsewhere) say so. `machine` None: built before stages recorded it."""
+    counts: dict[str, int] = {}
+    for m in _USED.values():
+        k = json.dumps(m, sort_keys=True)
+        counts[k] = counts.get(k, 0) + 1
+    return [{"machine": json.loads(k), "stages": n, "this machine": json.loads(k) == machine()}
+            for k, n in counts.items()]
+
+
+def describe_machine(m: dict | None) -> str:
+    if m is None:
+        return "a machine not recorded (the stage predates the record)"
+    return f"{m.get('cpu')} (bf16: {', '.join(m.get('bf16') or []) or 'none'}; torch {m.get('torch')})"
 
 
 @contextlib.contextmanager

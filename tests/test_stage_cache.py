@@ -111,3 +111,36 @@ def test_other_build_errors_pass_through_unchanged(tmp_path, monkeypatch):
 
     with pytest.raises(PermissionError):
         run_stage("sft-full", {"x": 1}, build, **QUIET)
+
+
+def test_a_stage_read_back_from_another_machine_says_so_and_results_record_it(tmp_path, monkeypatch):
+    """bf16 training differs between CPUs, and a cache can be copied between machines: every stage records the
+    machine that built it, reading one built elsewhere says so, and a result's provenance lists the machines
+    behind the stages its process used."""
+    import json
+
+    from pastkit import report, stages
+    from pastkit.benchmarks.squad import SquadParams
+
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    monkeypatch.setattr(stages, "_USED", {})
+    here, elsewhere = _stage(1), _stage(2)
+    assert json.loads((here.path / STAGE_FILE).read_text())["machine"] == report.machine()
+    record = json.loads((elsewhere.path / STAGE_FILE).read_text())
+    record["machine"] = {**record["machine"], "cpu": "Other CPU 7000", "bf16": ["amx_bf16"]}
+    (elsewhere.path / STAGE_FILE).write_text(json.dumps(record))  # as a cache copied from another machine
+    older = _stage(3)
+    record = json.loads((older.path / STAGE_FILE).read_text())
+    del record["machine"]  # as a stage built before stages recorded it
+    (older.path / STAGE_FILE).write_text(json.dumps(record))
+
+    seen = []
+    for x in (1, 2, 3):
+        run_stage("answers", {"x": x}, lambda d: None, expect=("answers.csv",), log=seen.append)
+    assert seen[0].endswith(f"({here.path.name})")  # this machine's own: nothing more to say
+    assert "built on Other CPU 7000 (bf16: amx_bf16" in seen[1] and "not recorded" in seen[2]
+    built_on = report.provenance(SquadParams(), "02_squad")["stages_built_on"]
+    assert sorted((e["machine"] or {}).get("cpu", "?") for e in built_on) == sorted(
+        ["?", "Other CPU 7000", report.machine()["cpu"]])
+    assert [e["this machine"] for e in built_on if e["machine"] == report.machine()] == [True]
+    assert sum(e["stages"] for e in built_on) == 3 and sum(e["this machine"] for e in built_on) == 1
