@@ -298,12 +298,12 @@ def _diff(t: pd.DataFrame, method: str) -> tuple[str, str]:
     """The paired difference to Target SFT with its interval over documents, and in words; with several seeds,
     also its interval over seeds, and the words say whether the two intervals agree."""
     r = t.set_index("method").loc[method]
-    d = f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}]"
+    d = f"{r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, {r.score_vs_baseline_ci_high:+.1f}] points"
     v = verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high)
     if r.seeds > 1:
         lo, hi = r.score_vs_baseline_seed_ci_low, r.score_vs_baseline_seed_ci_high
-        d += f" over documents, [{lo:+.1f}, {hi:+.1f}] over {int(r.seeds)} seeds"
-        v = f"over documents {v}; over seeds {verdict(r.score_vs_baseline, lo, hi)}"
+        d += f" (interval over documents; [{lo:+.1f}, {hi:+.1f}] over {int(r.seeds)} seeds)"
+        v = f"over documents, {v}; over seeds, {verdict(r.score_vs_baseline, lo, hi)}"
     return d, v
 
 
@@ -318,7 +318,7 @@ def table_claims(table3: pd.DataFrame | None, strategies: pd.DataFrame, where: s
                      + ". The paper's claim is that 2 rounds on N beat 1 round on 2N at equal steps.")
         for m in t3.index:
             d, v = _diff(table3, m)
-            lines.append(f"  {m} − Target SFT = {d} points: {v}.")
+            lines.append(f"  {m} − Target SFT = {d}: {v}.")
     s = strategies.set_index("method")["score"]
     order = " > ".join(f"{m} ({s[m]:.1f})" for m in s.sort_values(ascending=False).index)
     lines.append(f"Transfer strategies{at}, ordered by score: {order}. The paper's order is post-hoc > "
@@ -328,7 +328,7 @@ def table_claims(table3: pd.DataFrame | None, strategies: pd.DataFrame, where: s
 
 def control_claims(ctrl: pd.DataFrame, where: str) -> list[str]:
     """Each control's paired difference to Target SFT, in words (`where`: a benchmark name)."""
-    return [f"Control ({where}): {m} − Target SFT = {d} points: {v}."
+    return [f"Control ({where}): {m} − Target SFT = {d}: {v}."
             for m in ctrl.method if m != TARGET for d, v in [_diff(ctrl, m)]]
 
 
@@ -346,11 +346,11 @@ def conclusion(strategies: pd.DataFrame, ctrl: pd.DataFrame, lam: pd.DataFrame, 
     lines.append(f"λ chosen on validation: {chosen:g} (grid {', '.join(f'{x:g}' for x in lam.lam)}).")
     for m in [m for m in on_test.method if m != TARGET]:
         d, v = _diff(on_test, m)
-        lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
+        lines.append(f"On test: {m} − Target SFT = {d}: {v}.")
     if groups_on_test is not None:
         m = groups_on_test.method.iloc[-1]
         d, v = _diff(groups_on_test, m)
-        lines.append(f"On test: {m} − Target SFT = {d} points: {v}.")
+        lines.append(f"On test: {m} − Target SFT = {d}: {v}.")
     for bench, g in composed.groupby("benchmark", sort=False) if composed is not None else []:
         own, both = g[g.method == own_label(bench)].iloc[0], g.iloc[-1]
         lines.append(f"Composition, scored on {bench}: {both.method} {both.score:.1f}, {own.method} {own.score:.1f}; "
