@@ -102,10 +102,10 @@ def _age_seconds(text: str) -> float:
 
 def _stages(args) -> None:
     import time
-    from collections import defaultdict
+    from collections import Counter, defaultdict
 
     from .report import runs_dir
-    from .stages import cached_stages, prune
+    from .stages import built_on, cached_stages, describe_machine, prune
 
     def gb(stages) -> str:
         return f"{sum(c.bytes for c in stages) / 1e9:.2f} GB"
@@ -123,6 +123,8 @@ def _stages(args) -> None:
         print(f"{runs_dir()}: {len(every)} stages, {gb(every)}")
         for name, cs in sorted(kinds.items()):
             print(f"  {name:<18} {len(cs):>4} stages {gb(cs):>10}   last used {when(max(c.last_used for c in cs))}")
+        for where, n in Counter(describe_machine(built_on(c.path)) for c in every).most_common():
+            print(f"  built on {where}: {n} stage{'s' * (n != 1)}")
         return
     old = prune(time.time() - _age_seconds(args.unused_for), delete=args.delete)
     for c in old:

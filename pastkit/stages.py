@@ -105,9 +105,9 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
                 os.utime(path / STAGE_FILE)
             except OSError:
                 pass
-            built_on = json.loads((path / STAGE_FILE).read_text()).get("machine")
-            _USED[path.name] = built_on
-            elsewhere = "" if built_on == machine() else f" · built on {describe_machine(built_on)}"
+            where = built_on(path)
+            _USED[path.name] = where
+            elsewhere = "" if where == machine() else f" · built on {describe_machine(where)}"
             log(f"[cached] {name} ({path.name}){elsewhere}")
             return Stage(name, key, path)
         for leftover in remove_stale_temporaries(root):
@@ -142,6 +142,14 @@ def machines_used() -> list[dict]:
         counts[k] = counts.get(k, 0) + 1
     return [{"machine": json.loads(k), "stages": n, "this machine": json.loads(k) == machine()}
             for k, n in counts.items()]
+
+
+def built_on(stage_dir: Path) -> dict | None:
+    """The machine a finished stage records (None: built before stages recorded it, or its stage.json unreadable)."""
+    try:
+        return json.loads((stage_dir / STAGE_FILE).read_text()).get("machine")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def describe_machine(m: dict | None) -> str:

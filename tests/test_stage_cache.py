@@ -113,7 +113,7 @@ def test_other_build_errors_pass_through_unchanged(tmp_path, monkeypatch):
         run_stage("sft-full", {"x": 1}, build, **QUIET)
 
 
-def test_a_stage_read_back_from_another_machine_says_so_and_results_record_it(tmp_path, monkeypatch):
+def test_a_stage_read_back_from_another_machine_says_so_and_results_record_it(tmp_path, monkeypatch, capsys):
     """bf16 training differs between CPUs, and a cache can be copied between machines: every stage records the
     machine that built it, reading one built elsewhere says so, and a result's provenance lists the machines
     behind the stages its process used."""
@@ -144,3 +144,7 @@ def test_a_stage_read_back_from_another_machine_says_so_and_results_record_it(tm
         ["?", "Other CPU 7000", report.machine()["cpu"]])
     assert [e["this machine"] for e in built_on if e["machine"] == report.machine()] == [True]
     assert sum(e["stages"] for e in built_on) == 3 and sum(e["this machine"] for e in built_on) == 1
+    capsys.readouterr()
+    assert main(["stages"]) == 0  # the cache's own listing counts the stages per machine too
+    listing = capsys.readouterr().out
+    assert "built on Other CPU 7000 (bf16: amx_bf16" in listing and "predates the record): 1 stage\n" in listing
