@@ -153,6 +153,7 @@ def built_on(stage_dir: Path) -> dict | None:
 
 
 def describe_machine(m: dict | None) -> str:
+    """A machine record in a few words, for the log and `pastkit stages`."""
     if m is None:
         return "a machine not recorded (the stage predates the record)"
     return f"{m.get('cpu')} (bf16: {', '.join(m.get('bf16') or []) or 'none'}; torch {m.get('torch')})"
