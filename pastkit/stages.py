@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +71,11 @@ def _checksums(folder: Path) -> dict[str, str]:
             if p.is_file() and p.relative_to(folder).name not in (STAGE_FILE, MARKER)}
 
 
-def verify(stage_dir: Path) -> None:
-    """Refuse a finished stage whose files were changed, removed or added since it finished."""
+def verify(stage_dir: Path) -> dict:
+    """Refuse a finished stage whose files were changed, removed or added since it finished; return its record."""
     try:
-        recorded = json.loads((stage_dir / STAGE_FILE).read_text())["sha256"]
+        record = json.loads((stage_dir / STAGE_FILE).read_text())
+        recorded = record["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise StageError(f"{stage_dir}: {STAGE_FILE} is missing or damaged; delete the folder to rebuild the "
                          "stage") from None
@@ -83,6 +85,7 @@ def verify(stage_dir: Path) -> None:
             what = "is missing" if rel not in actual else "was added" if rel not in recorded else "was changed"
             raise StageError(f"{stage_dir / rel} {what} since the stage finished (checksum mismatch); the kit "
                              f"will not read it back as a result. Delete {stage_dir} to rebuild the stage.")
+    return record
 
 
 def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
@@ -100,12 +103,11 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
             log(f"[wait]   {name} ({path.name}): another process is building it")
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (path / STAGE_FILE).exists():
-            verify(path)
+            where = verify(path).get("machine")
             try:  # last used now (stage.json is outside the checksums); a read-only cache still reads
                 os.utime(path / STAGE_FILE)
             except OSError:
                 pass
-            where = built_on(path)
             _USED[path.name] = where
             elsewhere = "" if where == machine() else f" · built on {describe_machine(where)}"
             log(f"[cached] {name} ({path.name}){elsewhere}")
@@ -136,12 +138,9 @@ def machines_used() -> list[dict]:
     """The machines that built the stages this process built or read back: one entry per machine, with how many
     stages it built and whether it is this one. A result's provenance carries it, so numbers computed from a
     cache made elsewhere (or partly elsewhere) say so. `machine` None: built before stages recorded it."""
-    counts: dict[str, int] = {}
-    for m in _USED.values():
-        k = json.dumps(m, sort_keys=True)
-        counts[k] = counts.get(k, 0) + 1
-    return [{"machine": json.loads(k), "stages": n, "this machine": json.loads(k) == machine()}
-            for k, n in counts.items()]
+    counts = Counter(json.dumps(m, sort_keys=True) for m in _USED.values())
+    return [{"machine": m, "stages": n, "this machine": m == machine()}
+            for m, n in ((json.loads(k), n) for k, n in counts.items())]
 
 
 def built_on(stage_dir: Path) -> dict | None:
