@@ -36,11 +36,13 @@ def main() -> None:
     values = {**load_profile(args.profile), "seeds": args.seeds}
     if args.benchmark == "squad":
         bench, params = Squad(), SquadAblationParams.from_profile({**values, "regimes": ["cpt"]})
-        unit = bench.target_units(params, "cpt")[0]
     else:
         bench, params = Loogle(), LoogleParams.from_profile(values)
+    params.check_inputs()  # every input file opened before the first stage, as a notebook's `collect` does
+    if args.benchmark == "squad":
+        unit = bench.target_units(params, "cpt")[0]
+    else:
         (unit,) = bench.target_units(params)
-    params.check_inputs()
     study = Study.run(bench, params)
     ctrl = ablations.table(ablations.controls(study, unit, random_seeds=(0, 1)))
     for flag in study.flags:
