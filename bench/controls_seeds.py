@@ -4,14 +4,13 @@
     PASTKIT_RUNS=... .venv/bin/python bench/controls_seeds.py --benchmark loogle --seeds 0 1 2
 
 θ_T + λ·v beside θ_T − λ·v and θ_T + λ·r (r random with v's norm in every tensor), for every seed, each with its
-own target SFT and skill vector: 05's controls cells at `seeds: [0, 1, 2]` (cpu profile; SQuAD's CPT regime,
-LooGLE's test documents). A whole 05 at three seeds would also repeat Table 3's wide source rounds, Table 4's
-target SFTs and the other benchmark's study per seed, hours on 2 cores; the controls need only the stages of 02
-(`papermill notebooks/02_squad.ipynb out.ipynb -y 'seeds: [0, 1, 2]' -y 'regimes: [cpt]'`) or 03 (`-y 'seeds:
-[0, 1, 2]'`), read back if those ran and trained here otherwise, plus an injection and an evaluation per model.
-Prints the table 05 would print (its Target SFT and "+ λ·v" rows are Table 1's CPT or Table 2's main comparison
-over the same seeds) and the conclusion's lines for the controls. Writes nothing outside the stage cache.
-"""
+own target SFT and skill vector: 05's controls cells (its `control_seeds`, three in the cpu profile; SQuAD's CPT
+regime, LooGLE's test documents), alone. The rest of 05 also runs Table 3's wide source rounds, Table 4's target
+SFTs, λ and the composition; the controls need only the stages of 02 or 03 per seed, read back if those ran and
+trained here otherwise, plus an injection and an evaluation per model. Same stage keys as 05's, so either reads
+back what the other built. Prints the table 05 writes (its Target SFT and "+ λ·v" rows are Table 1's CPT or
+Table 2's main comparison over the same seeds) and the conclusion's lines for the controls. Writes nothing
+outside the stage cache."""
 
 from __future__ import annotations
 

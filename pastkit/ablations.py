@@ -43,9 +43,13 @@ class SquadAblationParams(SquadParams):
     n_val: int = 8                              # validation passages: the target file's last, never its first
     lam_grid: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0])  # λ values tried on validation
     loogle_tables: bool = True                  # Tables 3 and 4 on LooGLE too (about 15 min in cpu; README)
+    control_seeds: list = field(default_factory=lambda: [0, 1, 2])  # the controls' seeds, each its own θ_T and v
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.control_seeds or len(set(self.control_seeds)) != len(self.control_seeds) or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in self.control_seeds):
+            raise ValueError(f"control_seeds={self.control_seeds!r}: distinct integers")
         if not self.lam_grid or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                                         for x in self.lam_grid):
             raise ValueError(f"lam_grid={self.lam_grid!r}: a non-empty list of finite numbers")
@@ -117,6 +121,14 @@ def controls(study: Study, unit: Domain, random_seeds: tuple[int, ...] = (0,)) -
                 target.stage, engine.derived_vector("random", [source.vector], s), lam)
         frames += [engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()]
     return pd.concat(frames, ignore_index=True)
+
+
+def over_seeds(study: Study, seeds: list[int]) -> Study:
+    """`study`'s configuration on `seeds` instead of its own: the controls' seeds. A seed it shares with `study`
+    reads back that seed's stages; any other trains its own source rounds (and, when asked, target SFT)."""
+    if list(seeds) == list(study.params.seeds):
+        return study
+    return Study.run(study.benchmark, dataclasses.replace(study.params, seeds=list(seeds)))
 
 
 def companion_params(cls: type[PastParams], params: PastParams) -> PastParams:
@@ -282,13 +294,21 @@ def plot(t: pd.DataFrame, title: str, caption: str):
     for ax, (name, g) in zip(axes[:, 0], groups):
         rows = g[g.method != TARGET]
         y = list(range(len(rows)))[::-1]
+        seeds = int(rows.seeds.max()) if "seeds" in rows else 1
         ax.errorbar(rows.score_vs_baseline, y, xerr=[rows.score_vs_baseline - rows.score_vs_baseline_ci_low,
                                                      rows.score_vs_baseline_ci_high - rows.score_vs_baseline],
-                    fmt="o", color="#b2182b", capsize=3)
+                    fmt="o", color="#b2182b", capsize=3, label="95% CI over documents")
+        if seeds > 1:  # the seeds' spread, just below the documents'
+            ax.errorbar(rows.score_vs_baseline, [v - 0.25 for v in y],
+                        xerr=[rows.score_vs_baseline - rows.score_vs_baseline_seed_ci_low,
+                              rows.score_vs_baseline_seed_ci_high - rows.score_vs_baseline],
+                        fmt="s", color="#2166ac", capsize=3, label=f"95% CI over {seeds} seeds")
+            ax.legend(fontsize=7, loc="best")
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(y, rows.method)
         ax.set_title(f"{title}{f', scored on {name}' if name else ''}", fontsize=10)
-    axes[-1, 0].set_xlabel("paired difference to Target SFT (points, 95% CI over documents)")
+    spread = "" if "seeds" in t and t.seeds.max() > 1 else ", 95% CI over documents"
+    axes[-1, 0].set_xlabel(f"paired difference to Target SFT (points{spread})")
     fig.suptitle(caption, fontsize=8, y=0.0, va="top")
     fig.tight_layout()
     return fig

@@ -189,8 +189,25 @@ def test_controls_run_on_every_seed_with_its_own_target_and_vector(runs):
     assert (t.seeds == 2).all()
     md = ablations.markdown(t, "toy", "caption")
     assert "over seeds [95% CI]" in md and "per seed" in md
+    legend = ablations.plot(t, "controls", "caption").axes[0].get_legend()  # the seeds' interval is drawn too
+    assert [x.get_text() for x in legend.get_texts()] == ["95% CI over documents", "95% CI over 2 seeds"]
     claims = ablations.control_claims(t, "Toy")
     assert len(claims) == 3 and all("over 2 seeds" in c and "over seeds" in c for c in claims)
+
+
+def test_over_seeds_reads_back_the_seeds_a_study_shares_and_trains_the_others(runs):
+    """The controls' seeds: a seed the notebook's study trained is read from its stages, not trained again."""
+    study = Study.run(Toy(), ToyParams(rounds=1, seeds=[0]), log=lambda *_: None)
+    assert ablations.over_seeds(study, [0]) is study
+    built = {p.name for p in runs.iterdir()}
+    wider = ablations.over_seeds(study, [0, 1])
+    assert wider.params.seeds == [0, 1] and [e.seed for e in wider.engines] == [0, 1]
+    assert wider.rounds[0][0].vector.key == study.rounds[0][0].vector.key  # seed 0 read back
+    assert wider.rounds[1][0].vector.key != study.rounds[0][0].vector.key  # seed 1 its own
+    new = {p.name for p in runs.iterdir()} - built
+    assert any(n.startswith("skill-vector-") for n in new)  # seed 1's rounds, trained here
+    with pytest.raises(ValueError, match="control_seeds"):
+        ablations.SquadAblationParams(control_seeds=[1, 1])
 
 
 def test_sft_steps_count_every_phase_of_a_chain(runs):

@@ -182,6 +182,9 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
         assert (ablations / name).stat().st_size > 0, name
     assert list(pd.read_csv(ablations / "table3_iterative_loogle.csv").method) == [
         "Target SFT", "1 round (N = 1)", "1 round (N = 2)", "2 rounds (N = 1)"]
+    for name in ("controls_squad.csv", "controls_loogle.csv"):  # over the smoke profile's control_seeds
+        assert (pd.read_csv(ablations / name).seeds == 2).all(), name
+    assert "seeds 0, 1" in (ablations / "controls_loogle.md").read_text()
     assert list(pd.read_csv(ablations / "controls_loogle.csv").method) == [
         "Target SFT", "+ λ·v (PaST)", "− λ·v", "+ λ·random, same norm per tensor (seed 0)",
         "+ λ·random, same norm per tensor (seed 1)"]
