@@ -94,11 +94,13 @@ def provenance(params, notebook: str, **extra) -> dict:
             "machine": machine(), "stages_built_on": machines_used(), **extra}
 
 
-def save_figure(fig, name: str, params, notebook: str, **extra) -> Path:
+def save_figure(fig, name: str, params, notebook: str, caption: str | None = None, **extra) -> Path:
     """Save a matplotlib figure as <results>/<name>.png, captioned with what produced it (unless its suptitle
-    already says it), with provenance."""
-    if params.caption() not in fig.get_suptitle():  # the caption once, even if the plot's suptitle carries it
-        fig.text(0.0, -0.01, params.caption(), fontsize=7, color="#555555", va="top", transform=fig.transFigure)
+    already says it), with provenance. `caption` names what produced the figure when that is not `params` itself
+    (05's controls run on other seeds than the notebook's); the figure still goes to `params`' results folder."""
+    caption = caption or params.caption()
+    if caption not in fig.get_suptitle():  # the caption once, even if the plot's suptitle carries it
+        fig.text(0.0, -0.01, caption, fontsize=7, color="#555555", va="top", transform=fig.transFigure)
     path = results_folder(params) / f"{name}.png"
     with atomic_output(path, force=True, provenance=provenance(params, notebook, **extra)) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")

@@ -371,3 +371,28 @@ def test_provenance_names_the_machine_a_result_was_made_on(tmp_path):
     assert seen["torch"] == metadata.version("torch") and seen["trl"] == metadata.version("trl")
     assert report.machine(tmp_path / "absent")["bf16"] == []
     assert report.provenance(SquadParams(), "02_squad")["machine"] == report.machine()
+
+
+def test_a_figure_carries_one_caption_the_one_of_what_made_it(tmp_path):
+    """05's controls run on other seeds than the notebook: their figure had the notebook's caption ("seed 0")
+    drawn over its own ("seeds 0, 1, 2")."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pastkit import report
+    from pastkit.benchmarks.squad import SquadParams
+
+    params = SquadParams(results_dir=str(tmp_path))
+    on_seeds = SquadParams(seeds=[0, 1, 2]).caption()
+    assert on_seeds != params.caption() and params.caption() not in on_seeds
+    captions = {}
+    for case, caption in [("own", on_seeds), ("notebook's", None)]:
+        fig = plt.figure()
+        fig.suptitle(on_seeds, y=0.0, va="top")
+        report.save_figure(fig, f"controls-{case}", params, "05_ablations", caption=caption)
+        captions[case] = [t.get_text() for t in fig.texts]
+        plt.close(fig)
+    assert captions["own"] == [on_seeds]  # the suptitle alone: it already says what made the figure
+    assert captions["notebook's"] == [on_seeds, params.caption()]
+    assert (tmp_path / "controls-own.png").exists()
