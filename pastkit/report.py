@@ -59,26 +59,33 @@ def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
 
     The same code, data and seed give different numbers on different hardware: bf16 kernels round differently
     with and without AMX (LooGLE's Table 2 moved by four points between two such CPUs), so a result says where it
-    was made. `bf16` lists the CPU's bf16 instructions (Linux only; empty where none or unknown).
+    was made. `bf16` lists the CPU's bf16 instructions, `cpu_id` its vendor, family, model and stepping, because a
+    virtual machine's model name can be as vague as "AMD EPYC" for several generations (Linux only; empty where
+    unknown).
     """
-    cpu, flags = platform.processor() or platform.machine(), set()
+    cpu, flags, ident = platform.processor() or platform.machine(), set(), {}
     try:
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
+            key = key.strip()
+            if key == "model name":
                 cpu = value.strip()
-            elif key.strip() == "flags":
+            elif key in ("vendor_id", "cpu family", "model", "stepping"):
+                ident[key] = value.strip()
+            elif key == "flags":
                 flags = set(value.split())
                 break
     except OSError:
         pass
+    cpu_id = " ".join(f"{k} {ident[k]}" if k != "vendor_id" else ident[k]
+                      for k in ("vendor_id", "cpu family", "model", "stepping") if k in ident)
     versions = {}
     for package in ("torch", "transformers", "trl", "peft"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "bf16": sorted(flags & {"amx_bf16", "avx512_bf16"}),
+    return {"cpu": cpu, "cpu_id": cpu_id, "cores": os.cpu_count(), "bf16": sorted(flags & {"amx_bf16", "avx512_bf16"}),
             "python": platform.python_version(), **versions}
 
 

@@ -155,7 +155,8 @@ def describe_machine(m: dict | None) -> str:
     """A machine record in a few words, for the log and `pastkit stages`."""
     if m is None:
         return "a machine not recorded (the stage predates the record)"
-    return f"{m.get('cpu')} (bf16: {', '.join(m.get('bf16') or []) or 'none'}; torch {m.get('torch')})"
+    ident = f"{m['cpu_id']}; " if m.get("cpu_id") else ""
+    return f"{m.get('cpu')} ({ident}bf16: {', '.join(m.get('bf16') or []) or 'none'}; torch {m.get('torch')})"
 
 
 @contextlib.contextmanager

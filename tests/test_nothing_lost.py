@@ -363,11 +363,14 @@ def test_provenance_names_the_machine_a_result_was_made_on(tmp_path):
     from pastkit.benchmarks.squad import SquadParams
 
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
-                       "flags\t\t: fpu sse2 avx512_bf16 amx_bf16 amx_tile\n"
-                       "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: TestVendor\ncpu family\t: 26\nmodel\t\t: 2\n"
+                       "model name\t: Test CPU 9000\nstepping\t: 1\nflags\t\t: fpu sse2 avx512_bf16 amx_bf16 amx_tile\n"
+                       "processor\t: 1\nvendor_id\t: TestVendor\ncpu family\t: 25\nmodel name\t: Test CPU 9000\n"
+                       "flags\t\t: fpu\n")
     seen = report.machine(cpuinfo)
     assert seen["cpu"] == "Test CPU 9000" and seen["bf16"] == ["amx_bf16", "avx512_bf16"]
+    # one vague model name covers several generations: the family, model and stepping tell them apart
+    assert seen["cpu_id"] == "TestVendor cpu family 26 model 2 stepping 1"
     assert seen["torch"] == metadata.version("torch") and seen["trl"] == metadata.version("trl")
     assert report.machine(tmp_path / "absent")["bf16"] == []
     assert report.provenance(SquadParams(), "02_squad")["machine"] == report.machine()
