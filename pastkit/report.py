@@ -53,6 +53,9 @@ def git_commit() -> str | None:
         return None
 
 
+CPU_ID_FIELDS = ("vendor_id", "cpu family", "model", "stepping")  # /proc/cpuinfo keys, in `cpu_id`'s order
+
+
 @functools.cache
 def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     """The CPU and library versions a result was computed on.
@@ -70,15 +73,14 @@ def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
             key = key.strip()
             if key == "model name":
                 cpu = value.strip()
-            elif key in ("vendor_id", "cpu family", "model", "stepping"):
+            elif key in CPU_ID_FIELDS:
                 ident[key] = value.strip()
             elif key == "flags":
                 flags = set(value.split())
                 break
     except OSError:
         pass
-    cpu_id = " ".join(f"{k} {ident[k]}" if k != "vendor_id" else ident[k]
-                      for k in ("vendor_id", "cpu family", "model", "stepping") if k in ident)
+    cpu_id = " ".join(ident[k] if k == "vendor_id" else f"{k} {ident[k]}" for k in CPU_ID_FIELDS if k in ident)
     versions = {}
     for package in ("torch", "transformers", "trl", "peft"):
         try:
