@@ -1,5 +1,7 @@
 """Knowledge SFT batching: records of similar length share a batch, and every record is trained once per epoch."""
 
+import sys
+
 import pytest
 import torch
 
@@ -85,3 +87,15 @@ def test_cpu_bf16_trains_in_bf16_autocast_and_saves_fp32_weights(tiny_model, tmp
     assert seen and set(seen) == {"bf16"} and summary["spec"]["cpu_bf16"] is True
     assert summary["loss_fell"]
     assert {t.dtype for t in load_dir(tmp_path / "sft").values()} == {torch.float32}
+
+
+def test_malloc_keeps_freed_memory_on_a_cpu_only(monkeypatch):
+    """glibc is told to keep freed memory (`training.keep_freed_memory`) on a CPU-only Linux machine, never on a GPU."""
+    import platform
+
+    from pastkit.training import keep_freed_memory
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory.__wrapped__() is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert keep_freed_memory.__wrapped__() is False
