@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .training import curve, device_args, falling, interactive, progress_callback, quiet_trainer
+from .training import curve, device_args, falling, interactive, memory_callbacks, progress_callback, quiet_trainer
 
 # LoRA targets: all attention and MLP projections (kit choice; the paper defers to SEAL's list).
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -132,8 +132,9 @@ def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: in
                      **({"train_sampling_strategy": "group_by_length"} if spec.batching == "megabatches" else {}),
                      **({"dataset_text_field": "text"} if keys == {"text"} else {}))
     data = Dataset.from_list(records)
+    callbacks = [progress_callback("sft", ("loss",), log), *memory_callbacks()]
     trainer = _sft_trainer()(model=model, args=args, train_dataset=data, processing_class=tok,
-                                    peft_config=peft_config, callbacks=[progress_callback("sft", ("loss",), log)])
+                                    peft_config=peft_config, callbacks=callbacks)
     quiet_trainer(trainer)
     kept = len(trainer.train_dataset)  # trl drops records whose completion truncation cut away entirely
     if kept == 0:

@@ -20,7 +20,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .training import autocast, curve, device_args, interactive, progress_callback, quiet_trainer, start_end
+from .training import (
+    autocast,
+    curve,
+    device_args,
+    interactive,
+    memory_callbacks,
+    progress_callback,
+    quiet_trainer,
+    start_end,
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,8 @@ def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log
 
     trainer = GRPOTrainer(model=model, reward_funcs=task.reward_funcs, args=args, train_dataset=data,
                           processing_class=tok, rollout_func=task.rollout_func,
-                          callbacks=[progress_callback("grpo", ("reward", "reward_std"), log), KeepCheckpoints()])
+                          callbacks=[progress_callback("grpo", ("reward", "reward_std"), log), KeepCheckpoints(),
+                                     *memory_callbacks()])
     quiet_trainer(trainer)
     trainer.train()
     trainer.model.save_pretrained(out)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import math
+import os
 import sys
 import time
 
@@ -33,34 +33,66 @@ def device_args(cpu_bf16: bool = False) -> dict:
     """
     if torch.cuda.is_available():
         return {"bf16": torch.cuda.is_bf16_supported()}
-    keep_freed_memory()
     return {"use_cpu": True, "bf16": cpu_bf16, "gradient_checkpointing": False}
 
 
-# glibc's mallopt parameters: M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD.
-_MALLOPT = {"trim_threshold": (-1, 2**31 - 1), "top_pad": (-2, 2**30), "mmap_threshold": (-3, 2**31 - 1)}
+# glibc's mallopt parameters, and the values that keep a training step's memory: M_TRIM_THRESHOLD, M_TOP_PAD,
+# M_MMAP_THRESHOLD. After training they go back to where glibc's own adjustment ends (a 32 MB mmap threshold, trim
+# at twice that, the default 128 KB pad), since generation gains nothing from them.
+_KEEP = {-1: 2**31 - 1, -2: 2**30, -3: 2**31 - 1}
+_AFTER = {-1: 64 << 20, -2: 128 << 10, -3: 32 << 20}
 
 
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have malloc keep the memory a training step frees for the next step, instead of handing it back to the OS.
+def _glibc():
+    """The C library, if it is glibc on Linux (mallopt and malloc_trim), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_callbacks() -> list:
+    """Trainer callbacks that keep the memory a CPU training step frees for the next step, within half the RAM.
 
     A CPU training step allocates and frees activations and gradients of tens to hundreds of MB. glibc serves
-    blocks above its mmap threshold (at most 32 MB by default) with fresh mappings and returns them on free, and
-    it trims the heap's top as soon as it is free, so every step the kernel maps and zero-fills the same memory
-    again. On SmolLM2's training steps that was a third of the wall time in fp32 and half in bf16 autocast
-    (README, Performance). Raising the two thresholds and the heap's growth step keeps the memory in the process:
-    peak memory stays allocated, the arithmetic is untouched, so trained models are bit for bit the same.
-    Called once per process by `device_args` on a CPU; a no-op on a GPU (torch keeps its own cache there) and
-    where the C library has no glibc `mallopt`. Returns whether it took effect.
+    blocks that size with fresh mappings and unmaps them on free, and trims the heap's top as soon as it is free,
+    so every step the kernel maps and zero-fills the same memory again (README, Performance: a third to half of the
+    wall time of SmolLM2's SFT). During training this raises glibc's thresholds so freed memory stays in the process;
+    the arithmetic is untouched, so trained models are bit for bit the same. What is kept can fragment and grow when
+    sequence lengths vary (ToolBench's SFT grew past 20 GB), so after any step that leaves the process above half the
+    machine's memory, and when training ends, free memory goes back to the OS (`malloc_trim`). None on a GPU (torch
+    caches its memory there) or without glibc.
     """
-    if torch.cuda.is_available() or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return all([mallopt(param, value) == 1 for param, value in _MALLOPT.values()])
+    libc = None if torch.cuda.is_available() else _glibc()
+    if libc is None:
+        return []
+    from transformers import TrainerCallback
+
+    cap = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+    class KeepFreedMemory(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            for param, value in _KEEP.items():
+                libc.mallopt(param, value)
+
+        def on_step_end(self, args, state, control, **kw):
+            if _resident_bytes() > cap:
+                libc.malloc_trim(0)
+
+        def on_train_end(self, args, state, control, **kw):
+            for param, value in _AFTER.items():
+                libc.mallopt(param, value)
+            libc.malloc_trim(0)
+
+    return [KeepFreedMemory()]
 
 
 def autocast(cpu_bf16: bool):

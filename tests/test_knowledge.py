@@ -1,5 +1,6 @@
 """Knowledge SFT batching: records of similar length share a batch, and every record is trained once per epoch."""
 
+import os
 import sys
 
 import pytest
@@ -89,13 +90,43 @@ def test_cpu_bf16_trains_in_bf16_autocast_and_saves_fp32_weights(tiny_model, tmp
     assert {t.dtype for t in load_dir(tmp_path / "sft").values()} == {torch.float32}
 
 
-def test_malloc_keeps_freed_memory_on_a_cpu_only(monkeypatch):
-    """glibc is told to keep freed memory (`training.keep_freed_memory`) on a CPU-only Linux machine, never on a GPU."""
+def test_training_keeps_freed_memory_within_half_the_ram(monkeypatch):
+    """On a CPU, training raises glibc's thresholds, gives memory back when over half the RAM, and restores them."""
+    from pastkit import training
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim",))
+            return 1
+
+    monkeypatch.setattr(training, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (keep,) = training.memory_callbacks()
+    keep.on_train_begin(None, None, None)
+    assert calls == [("mallopt", p, v) for p, v in training._KEEP.items()]
+    half = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    for resident, trimmed in ((half - 1, False), (half + 1, True)):
+        calls.clear()
+        monkeypatch.setattr(training, "_resident_bytes", lambda r=resident: r)
+        keep.on_step_end(None, None, None)
+        assert calls == ([("trim",)] if trimmed else [])
+    calls.clear()
+    keep.on_train_end(None, None, None)
+    assert calls == [("mallopt", p, v) for p, v in training._AFTER.items()] + [("trim",)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training.memory_callbacks() == []
+
+
+def test_glibc_is_found_on_linux():
     import platform
 
-    from pastkit.training import keep_freed_memory
+    from pastkit import training
 
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert keep_freed_memory.__wrapped__() is True
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert keep_freed_memory.__wrapped__() is False
+        assert training._glibc() is not None and training._resident_bytes() > 0
