@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import os
 import sys
 import time
 
@@ -54,29 +53,29 @@ def _glibc():
         return None
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _memory_short() -> bool:
+    """Whether the machine has less than a quarter of its memory available (Linux's MemAvailable)."""
+    with open("/proc/meminfo") as f:
+        kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)}
+    return kb["MemAvailable"] < kb["MemTotal"] / 4
 
 
 def memory_callbacks() -> list:
-    """Trainer callbacks that keep the memory a CPU training step frees for the next step, within half the RAM.
+    """Trainer callbacks that keep the memory a CPU training step frees for the next step, while memory lasts.
 
     A CPU training step allocates and frees activations and gradients of tens to hundreds of MB. glibc serves
     blocks that size with fresh mappings and unmaps them on free, and trims the heap's top as soon as it is free,
     so every step the kernel maps and zero-fills the same memory again (README, Performance: a third to half of the
     wall time of SmolLM2's SFT). During training this raises glibc's thresholds so freed memory stays in the process;
     the arithmetic is untouched, so trained models are bit for bit the same. What is kept can fragment and grow when
-    sequence lengths vary (ToolBench's SFT grew past 20 GB), so after any step that leaves the process above half the
-    machine's memory, and when training ends, free memory goes back to the OS (`malloc_trim`). None on a GPU (torch
-    caches its memory there) or without glibc.
+    sequence lengths vary (ToolBench's SFT grew past 20 GB), so after any step that leaves the machine with less than
+    a quarter of its memory available, and when training ends, free memory goes back to the OS (`malloc_trim`).
+    None on a GPU (torch caches its memory there) or without glibc.
     """
     libc = None if torch.cuda.is_available() else _glibc()
     if libc is None:
         return []
     from transformers import TrainerCallback
-
-    cap = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
     class KeepFreedMemory(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -84,7 +83,7 @@ def memory_callbacks() -> list:
                 libc.mallopt(param, value)
 
         def on_step_end(self, args, state, control, **kw):
-            if _resident_bytes() > cap:
+            if _memory_short():
                 libc.malloc_trim(0)
 
         def on_train_end(self, args, state, control, **kw):
