@@ -66,8 +66,8 @@ def memory_callbacks() -> list:
 
     A CPU training step allocates and frees activations and gradients of tens to hundreds of MB. glibc serves
     blocks that size with fresh mappings and unmaps them on free, and trims the heap's top as soon as it is free,
-    so every step the kernel maps and zero-fills the same memory again (README, Performance: it cost SmolLM2's SFT
-    stages up to a third of their time). During training this raises glibc's thresholds so freed memory stays put;
+    so every step the kernel maps and zero-fills the same memory again (README, Performance: a fifth to two fifths
+    of the time of SmolLM2's SFT stages). During training this raises glibc's thresholds so freed memory stays put;
     the arithmetic is untouched, so trained models are bit for bit the same. What is kept can fragment and grow when
     sequence lengths vary (ToolBench's SFT grew past 20 GB), so after any step that leaves the machine with less than
     a quarter of its memory available, and when training ends, free memory goes back to the OS (`malloc_trim`).
