@@ -3,8 +3,10 @@
 The rules every writer in pastkit (CLI and Python API alike) follows:
 - an output path never is, contains, or lies inside one of the inputs it is computed from;
 - an existing output is replaced only with force=True, and only if pastkit wrote it (it can tell:
-  folders it writes carry a `.pastkit` marker, skill-vector files carry pastkit metadata, other files
-  a `<name>.provenance.json` record whose checksum still matches);
+  folders it writes carry a `.pastkit` marker listing the files it put there, so a folder holding anything
+  else, or a file whose size changed, is not the kit's; skill-vector files carry pastkit metadata; other files
+  a `<name>.provenance.json` record whose checksum still matches, and a record of that name that pastkit
+  did not write is never replaced);
 - nothing pastkit did not create is ever deleted; a write lands whole or not at all.
 Temporary siblings (`.<name>.tmp-<pid>`) left by a killed process are removed by the next writer.
 """
@@ -45,7 +47,7 @@ def written_by_kit(path: str | os.PathLike) -> bool:
     if path.is_symlink():
         return False
     if path.is_dir():
-        return (path / MARKER).is_file()
+        return foreign_files(path) == []
     if path.suffix == ".safetensors":
         from .checkpoint import CheckpointError, read_header
         try:
@@ -56,6 +58,27 @@ def written_by_kit(path: str | os.PathLike) -> bool:
         return _read_record(path) is not None
     rec = _read_record(record_path(path))
     return rec is not None and rec.get("sha256") in (None, sha256_file(path))
+
+
+def folder_listing(folder: Path) -> dict[str, int]:
+    """Every file below `folder` (the marker aside) with its size in bytes (-1 for a symlink): what the marker
+    records, so that a file added or resized since is known not to be the kit's."""
+    return {str(p.relative_to(folder)): -1 if p.is_symlink() else p.stat().st_size
+            for p in sorted(folder.rglob("*")) if (p.is_file() or p.is_symlink()) and p.name != MARKER}
+
+
+def foreign_files(folder: Path) -> list[str] | None:
+    """The files of a folder pastkit wrote that it did not put there (added, or resized since); None if the folder
+    has no marker of pastkit's. Sizes, not checksums: a 15 GB model is not re-hashed to decide whether it may be
+    replaced. A file the user deleted is not foreign: replacing the folder loses nothing of theirs."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        recorded = marker["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    return [name for name, size in folder_listing(folder).items() if recorded.get(name) != size]
 
 
 def _read_record(path: Path) -> dict | None:
@@ -108,12 +131,20 @@ def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path
 
 
 def _refuse_existing(path: Path, force: bool) -> None:
+    record = record_path(path)
+    if not path.name.endswith(RECORD_SUFFIX) and (record.exists() or record.is_symlink()) \
+            and path.suffix != ".safetensors" and (record.is_symlink() or _read_record(record) is None):
+        raise OutputError(f"{record} exists and was not written by pastkit; the provenance record of {path.name} "
+                          "would replace it. Move it away or choose another output name")
     if not (path.exists() or path.is_symlink()):
         return
     if not force:
         raise OutputError(f"{path} exists; pass force=True (CLI: --force) to replace it")
     if not written_by_kit(path):
-        raise OutputError(f"{path} exists and was not written by pastkit (or was changed since); "
+        foreign = foreign_files(path) if path.is_dir() else None
+        extra = f" ({', '.join(foreign[:5])} {'was' if len(foreign) == 1 else 'were'} not put there by pastkit)" \
+            if foreign else ""
+        raise OutputError(f"{path} exists and was not written by pastkit (or was changed since){extra}; "
                           "refusing to replace it, even with force")
 
 
@@ -138,7 +169,8 @@ def atomic_output(path: str | os.PathLike, force: bool = False, inputs: Iterable
     try:
         yield tmp
         if tmp.is_dir():
-            (tmp / MARKER).write_text(json.dumps({"written_by": "pastkit", "created": _now()}) + "\n")
+            (tmp / MARKER).write_text(json.dumps({"written_by": "pastkit", "created": _now(),
+                                                  "files": folder_listing(tmp)}) + "\n")
         _refuse_existing(path, force)  # again: it may have appeared while we worked
         if path.exists():
             os.replace(path, old)
