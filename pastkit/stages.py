@@ -10,7 +10,9 @@ run leaves no half-written stage and resumes from the last finished one. A finis
 SHA-256 of every file it holds and is verified whenever it is read: an edited or damaged product is an
 error naming the file, never read back as truth. A build that leaves an expected product missing or
 empty (or fails its `check`) has failed: nothing is cached. Two processes asking for the same stage take
-a lock: the second waits and reuses the first one's result.
+a lock: the second waits and reuses the first one's result. A process holds a shared lock on every stage it
+built or read back until it exits (or calls `release`), so `prune` never deletes a stage a running study
+still reads from.
 
 A stage records the machine that built it (`report.machine`: CPU, its bf16 instructions, library versions): bf16
 training gives different models on different CPUs, and a cache can be copied or shared between machines. A stage
@@ -30,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
 import shutil
 import time
 from collections import Counter
@@ -41,8 +44,9 @@ from .outputs import MARKER, atomic_output, remove_stale_temporaries, sha256_fil
 from .report import machine, runs_dir
 
 STAGE_FILE = "stage.json"
-LOCKS = ".locks"  # one lock file per stage key, so two processes never build the same stage at once
+LOCKS = ".locks"  # per stage: <folder>.lock (held shared by its users) and <folder>.build.lock (its one builder)
 _USED: dict[str, dict | None] = {}  # stage folder -> the machine that built it (None: not recorded), this process
+_HELD: dict[str, object] = {}  # stage folder -> its lock file, held shared by this process (see `release`)
 
 
 class StageError(RuntimeError):
@@ -98,40 +102,80 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
     key = stage_key(name, inputs)
     root = runs_dir()
     path = stage_dir(name, key)
-    with _lock_file(root, path.name) as lock:
-        if _try_lock(lock) is False:
-            log(f"[wait]   {name} ({path.name}): another process is building it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        if (path / STAGE_FILE).exists():
-            where = verify(path).get("machine")
-            try:  # last used now (stage.json is outside the checksums); a read-only cache still reads
-                os.utime(path / STAGE_FILE)
-            except OSError:
-                pass
-            _USED[path.name] = where
-            elsewhere = "" if where == machine() else f" · built on {describe_machine(where)}"
-            log(f"[cached] {name} ({path.name}){elsewhere}")
-            return Stage(name, key, path)
-        for leftover in remove_stale_temporaries(root):
-            log(f"[clean]  removed {leftover.name}, left by a run that was killed")
-        log(f"[run]    {name} ({path.name})")
-        t0 = time.time()
-        with atomic_output(path, force=path.exists()) as tmp, _disk_full_said(root, name):
-            tmp.mkdir(parents=True)
-            build(tmp)
-            for product in expect:
-                f = tmp / product
-                if not f.exists() or (f.is_file() and f.stat().st_size == 0) or (f.is_dir() and not any(f.iterdir())):
-                    raise StageError(f"stage {name}: the build left {product} missing or empty; nothing was cached")
-            if check is not None:
-                check(tmp)
-            (tmp / STAGE_FILE).write_text(json.dumps(
-                {"stage": name, "key": key, "inputs": inputs, "seconds": round(time.time() - t0, 1),
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-                 "sha256": _checksums(tmp)}, indent=2, default=str))
-        _USED[path.name] = machine()
-        log(f"[done]   {name} in {time.time() - t0:.0f} s")
-        return Stage(name, key, path)
+    held = _HELD.pop(str(path), None)
+    if held is not None:
+        if (path / STAGE_FILE).exists():  # held by this process since it first used it
+            _HELD[str(path)] = held
+            return _read_back(name, key, path, log)
+        held.close()  # deleted by hand meanwhile: build it again
+    use = _lock_file(root, path.name)  # held shared while this process uses the stage; `prune` needs it alone
+    try:
+        fcntl.flock(use, fcntl.LOCK_SH)  # waits only while a `prune` deletes this very stage
+        if not (path / STAGE_FILE).exists():
+            with _lock_file(root, f"{path.name}.build") as building:  # one builder at a time
+                if not _try_lock(building):
+                    log(f"[wait]   {name} ({path.name}): another process is building it")
+                    fcntl.flock(building, fcntl.LOCK_EX)
+                if not (path / STAGE_FILE).exists():  # nobody built it meanwhile
+                    _build(name, key, inputs, path, root, build, log, expect, check)
+                    _hold(path, use)
+                    return Stage(name, key, path)
+        _hold(path, use)
+    except BaseException:
+        use.close()
+        raise
+    return _read_back(name, key, path, log)
+
+
+def _read_back(name: str, key: str, path: Path, log) -> Stage:
+    where = verify(path).get("machine")
+    try:  # last used now (stage.json is outside the checksums); a read-only cache still reads
+        os.utime(path / STAGE_FILE)
+    except OSError:
+        pass
+    _USED[path.name] = where
+    elsewhere = "" if where == machine() else f" · built on {describe_machine(where)}"
+    log(f"[cached] {name} ({path.name}){elsewhere}")
+    return Stage(name, key, path)
+
+
+def _build(name, key, inputs, path, root, build, log, expect, check) -> None:
+    for leftover in remove_stale_temporaries(root):
+        log(f"[clean]  removed {leftover.name}, left by a run that was killed")
+    log(f"[run]    {name} ({path.name})")
+    t0 = time.time()
+    with atomic_output(path, force=path.exists()) as tmp, _disk_full_said(root, name):
+        tmp.mkdir(parents=True)
+        build(tmp)
+        for product in expect:
+            f = tmp / product
+            if not f.exists() or (f.is_file() and f.stat().st_size == 0) or (f.is_dir() and not any(f.iterdir())):
+                raise StageError(f"stage {name}: the build left {product} missing or empty; nothing was cached")
+        if check is not None:
+            check(tmp)
+        (tmp / STAGE_FILE).write_text(json.dumps(
+            {"stage": name, "key": key, "inputs": inputs, "seconds": round(time.time() - t0, 1),
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+             "sha256": _checksums(tmp)}, indent=2, default=str))
+    _USED[path.name] = machine()
+    log(f"[done]   {name} in {time.time() - t0:.0f} s")
+
+
+def _hold(path: Path, lock) -> None:
+    """Keep this process's shared lock on a stage it uses: `prune` in any process skips the stage until `release`
+    or exit. One open file per stage, so the soft limit on open files is raised to the hard one the first time."""
+    if not _HELD:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    _HELD[str(path)] = lock
+
+
+def release() -> None:
+    """Let go of every stage this process holds, so that `prune` may delete them (a long-lived kernel that is done
+    with a study; tests)."""
+    while _HELD:
+        _HELD.popitem()[1].close()
 
 
 def machines_used() -> list[dict]:
@@ -173,6 +217,10 @@ def _disk_full_said(root: Path, name: str):
         while seen is not None and len(chain) < 20:
             chain.append(seen)
             seen = seen.__cause__ or seen.__context__
+        if any(getattr(x, "errno", None) == errno.EFBIG or "File too large" in str(x) for x in chain):
+            raise StageError(f"stage {name}: a file of the stage grew past this process's file-size limit (`ulimit -f`"
+                             f" is {_fsize_limit()}) while writing into {root}. Nothing was cached; raise the limit "
+                             "(`ulimit -f unlimited`) and run again: finished stages are kept.") from e
         if not any(getattr(x, "errno", None) == errno.ENOSPC or "No space left on device" in str(x) for x in chain):
             raise
         held = sum(c.bytes for c in cached_stages()) / 1e9
@@ -184,15 +232,20 @@ def _disk_full_said(root: Path, name: str):
                          "them.") from e
 
 
+def _fsize_limit() -> str:
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+
+
 def _lock_file(root: Path, stage_folder: str):
     """The open lock file of the stage in `root/stage_folder` (created if absent), for `_try_lock`/flock."""
     (root / LOCKS).mkdir(parents=True, exist_ok=True)
     return open(root / LOCKS / f"{stage_folder}.lock", "w")
 
 
-def _try_lock(lock) -> bool:
+def _try_lock(lock, kind: int = fcntl.LOCK_EX) -> bool:
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock, kind | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         return False
@@ -237,8 +290,8 @@ def cached_stages() -> list[CachedStage]:
 def prune(unused_since: float, delete: bool, log=print) -> list[CachedStage]:
     """The stages no run has used since `unused_since` (epoch seconds); deleted only if `delete`.
 
-    A stage another process holds the lock of (being built or waited for) is skipped. Only folders holding a
-    stage.json, i.e. stages the kit finished, are ever touched.
+    A stage any process holds a lock on (being built, or used by a running study, this process included) is
+    skipped. Only folders holding a stage.json, i.e. stages the kit finished, are ever touched.
     """
     root, chosen = runs_dir(), []
     for c in cached_stages():
@@ -247,7 +300,7 @@ def prune(unused_since: float, delete: bool, log=print) -> list[CachedStage]:
         if delete:
             with _lock_file(root, c.path.name) as lock:
                 if not _try_lock(lock):
-                    log(f"[skip]   {c.path.name}: in use by another process")
+                    log(f"[skip]   {c.path.name}: in use by a running process")
                     continue
                 shutil.rmtree(c.path)
         chosen.append(c)

@@ -9,14 +9,17 @@ import time
 import pytest
 
 from pastkit.cli import main
-from pastkit.stages import LOCKS, STAGE_FILE, StageError, cached_stages, prune, run_stage
+from pastkit.stages import LOCKS, STAGE_FILE, StageError, cached_stages, prune, release, run_stage
 
 QUIET = {"log": lambda *_: None}
 
 
 def _stage(x):
-    return run_stage("answers", {"x": x}, lambda d: (d / "answers.csv").write_text(f"score\n{x}\n"),
-                     expect=("answers.csv",), **QUIET)
+    """A finished stage this process is done with (`release`): as one a run that has ended left in the cache."""
+    stage = run_stage("answers", {"x": x}, lambda d: (d / "answers.csv").write_text(f"score\n{x}\n"),
+                      expect=("answers.csv",), **QUIET)
+    release()
+    return stage
 
 
 def _age(stage, hours):
