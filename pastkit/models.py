@@ -8,12 +8,13 @@ other local model. The package itself is never imported (it imports `llm`); only
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 from pathlib import Path
 
-from .outputs import atomic_output
+from .outputs import atomic_output, sha256_file
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random"
@@ -24,8 +25,48 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken")  # what loading a model reads
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256, this process
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("PASTKIT_CACHE", Path.home() / ".cache" / "pastkit")).expanduser()
+
+
+def fingerprint(model_dir: str | os.PathLike) -> str:
+    """A digest of a model dir's content: every file loading reads (weights, index, config, tokenizer, chat
+    template), by name and SHA-256. Stage keys name the base model by it, so other weights under the same path
+    rebuild everything that depends on them. Each file is hashed once and remembered by its size and modification
+    time, in this process and in $PASTKIT_CACHE/digests.json (SmolLM2's 540 MB take about a second to hash)."""
+    model_dir = Path(model_dir)
+    files = sorted(f for f in model_dir.iterdir() if f.is_file() and f.name.endswith(MODEL_FILE_SUFFIXES)
+                   and f.name != "pastkit_provenance.json")
+    if not files:
+        raise FileNotFoundError(f"model {model_dir}: no weights, config or tokenizer files in it")
+    store = cache_dir() / "digests.json"
+    try:
+        remembered = json.loads(store.read_text())
+        remembered = remembered if isinstance(remembered, dict) else {}
+    except (OSError, ValueError):
+        remembered = {}
+    learned, h = {}, hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        where = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        digest = _DIGESTS.get(where) or remembered.get(where)
+        if not isinstance(digest, str):
+            digest = learned[where] = sha256_file(f)
+        _DIGESTS[where] = digest
+        h.update(f"{f.name}\0{digest}\n".encode())
+    if learned:
+        tmp = store.with_name(f".{store.name}.tmp-{os.getpid()}")
+        try:  # the kit's own cache: replaced whole; two processes racing lose at most a digest, computed again
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({**remembered, **learned}, indent=0))
+            os.replace(tmp, store)
+        except OSError:  # a read-only cache: the digests are only not remembered across processes
+            tmp.unlink(missing_ok=True)
+    return h.hexdigest()[:16]
 
 
 def resolve(model: str) -> Path:

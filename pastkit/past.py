@@ -32,7 +32,9 @@ from .config import PastParams
 from .generation import load_model
 from .judges import make_judge
 from .knowledge import SFTSpec, train_sft
-from .models import resolve
+from .models import fingerprint, resolve
+from .outputs import OutputError
+from .report import results_folder, runs_dir
 from .skill_rl import GRPOSpec, RLTask, train_grpo
 from .skill_vector import DegenerateWarning, SkillVector, add_scaled_, inject
 from .stages import Stage, run_stage, stage_dir, stage_inputs
@@ -125,9 +127,12 @@ class Engine:
         params.check_inputs()
         self.bench, self.p, self.seed, self.log = benchmark, params, seed, log
         self.base = Path(resolve(params.model))
-        size = sum(f.stat().st_size for f in self.base.glob("*.safetensors"))
-        self.base_key = {"model": params.model, "config": digest((self.base / "config.json").read_text()),
-                         "bytes": size}
+        for what, folder in (("the stage cache (PASTKIT_RUNS)", runs_dir()), ("the results folder",
+                                                                               results_folder(params))):
+            if self.base.resolve() in [folder.resolve(), *folder.resolve().parents]:
+                raise OutputError(f"{what} {folder} lies inside the model dir {self.base}, an input: point it "
+                                  "elsewhere")
+        self.base_key = {"model": params.model, "content": fingerprint(self.base)}
         # the benchmark's own judge if it has one (ToolBench: the solution judge), else the QA judge with its prompt
         self.judge = benchmark.judge(params) if hasattr(benchmark, "judge") else \
             make_judge(params.judge, *([benchmark.judge_prompt] if hasattr(benchmark, "judge_prompt") else []))
@@ -167,9 +172,14 @@ class Engine:
     def with_vector(self, model: Stage | None, vector: Stage, lam: float) -> Stage:
         """θ + λ·v on disk, through the vector core (`inject`); model None is the base model."""
         src = model.path / "model" if model else self.base
+
+        def build(tmp: Path):
+            with warnings.catch_warnings():  # a zero vector is flagged where it was made (`vector`), on every read
+                warnings.simplefilter("ignore", DegenerateWarning)
+                inject(src, vector.path / VECTOR_FILE, tmp / "model", lam=lam)
+
         return self.stage("inject", {"model": model.key if model else self.base_key, "vector": vector.key,
-                                     "lam": lam},
-                          lambda tmp: inject(src, vector.path / VECTOR_FILE, tmp / "model", lam=lam),
+                                     "lam": lam}, build,
                           expect=("model",), code=("pastkit.skill_vector", "pastkit.checkpoint"))
 
     def grpo(self, init: Stage, task: RLTask) -> Stage:
