@@ -10,7 +10,9 @@ in its comment.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -93,9 +95,21 @@ class PastParams:
     @classmethod
     def collect(cls, namespace: dict):
         """Build from a notebook's globals (the parameters cell plus papermill's injected values), and check
-        the input files, so a bad value or file stops the notebook before its first stage."""
+        the input files and the results folder, so a bad value or file stops the notebook before its first stage.
+
+        A value papermill injected for a name the notebook does not declare (`-p n_sorce 3`) is refused here:
+        papermill itself only logs it and runs on with the default."""
+        from .report import results_folder
+
+        for name in injected_names(namespace):
+            if name not in cls.names():
+                near = difflib.get_close_matches(name, sorted(cls.names()), n=1)
+                raise ValueError(f"parameter {name!r} is not one this notebook declares"
+                                 f"{f'; did you mean {near[0]!r}?' if near else ''} (its parameters: "
+                                 f"{', '.join(sorted(cls.names()))})")
         params = cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
         params.check_inputs()
+        results_folder(params)
         return params
 
     @classmethod
@@ -122,6 +136,21 @@ class PastParams:
         return (f"{self.model} · λ = {self.lam:g} · {self.rounds} round{'s' * (self.rounds > 1)} · "
                 f"seed{'s' * (len(self.seeds) > 1)} {seeds} · judge {self.judge} · profile {self.profile}"
                 f"{' · bf16 training' * self.cpu_bf16}")
+
+
+def injected_names(namespace: dict) -> list[str]:
+    """The names papermill's injected-parameters cell assigned: the cells of this kernel's history (IPython's `In`)
+    that begin with papermill's "# Parameters" comment. Empty outside IPython."""
+    names = []
+    for source in namespace.get("In") or []:
+        if isinstance(source, str) and source.startswith("# Parameters\n"):
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue
+            names += [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                      if isinstance(t, ast.Name)]
+    return names
 
 
 def load_profile(profile: str | Path) -> dict:

@@ -8,6 +8,8 @@ the cpu profile; `make figures`) writes into figures/; any other run writes to i
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from .benchmarks.loogle import LoogleParams
 from .benchmarks.squad import SquadParams
 from .benchmarks.toolbench import ToolbenchParams
 from .config import load_profile
-from .report import FIGURES, ROOT, results_folder
+from .report import FIGURES, REFERENCE_RUN, ROOT, results_folder
 
 # The notebooks in order, each with the parameters class its `parameters` cell declares.
 NOTEBOOKS = {"01_orthogonality": SquadParams, "02_squad": SquadParams, "03_loogle": LoogleParams,
@@ -36,8 +38,6 @@ def declared_parameters(name: str) -> set[str]:
 def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | None = None,
                 reference: bool = False, log=print) -> list[Path]:
     """Execute the notebooks (all, or `only`) with the profile's parameters; return the executed copies."""
-    import papermill as pm
-
     values = load_profile(profile)
     label = values.get("profile", Path(profile).stem)
     if reference:
@@ -54,9 +54,30 @@ def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | Non
     if stray:
         raise ValueError(f"profile {profile!r} sets {stray}, which no notebook declares")
     params = {n: {k: v for k, v in values.items() if k in declared[n]} for n in names}
-    for n in names:  # a bad value or input file stops the run before any notebook starts
-        NOTEBOOKS[n](**params[n]).check_inputs()
-    out_dir = Path(out_dir or ROOT / "executed" / label)
+    with _reference(reference):
+        for n in names:  # a bad value or input file stops the run before any notebook starts
+            NOTEBOOKS[n](**params[n]).check_inputs()
+            results_folder(NOTEBOOKS[n](**params[n]))
+        return _execute(names, params, label, Path(out_dir or ROOT / "executed" / label), log)
+
+
+@contextlib.contextmanager
+def _reference(reference: bool):
+    """Tell the notebooks (their kernels inherit the environment) whether this is the reference run."""
+    before = os.environ.pop(REFERENCE_RUN, None)
+    if reference:
+        os.environ[REFERENCE_RUN] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(REFERENCE_RUN, None)
+        if before is not None:
+            os.environ[REFERENCE_RUN] = before
+
+
+def _execute(names: list[str], params: dict, label: str, out_dir: Path, log) -> list[Path]:
+    import papermill as pm
+
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
     for name in names:

@@ -1,9 +1,10 @@
 """Where results go, and what they carry: every figure and table is written here, with provenance.
 
-The committed reference results in figures/ are written only by the reference run (`make figures`, which
-runs the cpu profile with `results_dir` set to figures/). Every other run (papermill with overrides, a custom
-profile, JupyterLab) writes to results/<profile>-<hash of its parameters>/, so two runs with different
-parameters never overwrite each other, and says where. Each file gets a `<name>.provenance.json` record
+The committed reference results in figures/ are written only by the reference run (`make figures`, which runs
+the cpu profile with `results_dir` set to figures/ and tells its notebooks so through $PASTKIT_REFERENCE_RUN); a
+`results_dir` inside figures/ is refused anywhere else, before the first stage. Every other run (papermill with
+overrides, a custom profile, JupyterLab) writes to results/<profile>-<hash of its parameters>/, so two runs with
+different parameters never overwrite each other, and says where. Each file gets a `<name>.provenance.json` record
 (profile, model, every parameter, seeds, flags, commit, pastkit version, the machine, the machines that built the
 stages it used, checksum); writes are atomic.
 $PASTKIT_RESULTS and $PASTKIT_RUNS move the results and stage folders (tests use them).
@@ -25,14 +26,22 @@ from .outputs import atomic_output
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "figures"
+REFERENCE_RUN = "PASTKIT_REFERENCE_RUN"  # set by `pastkit run --reference` for the notebooks it executes
 
 
 def results_folder(params) -> Path:
     """This configuration's results folder: `params.results_dir` if set (relative to the repository), else
-    results/<profile>-<hash>."""
+    results/<profile>-<hash>. figures/ (or a folder inside it) only in the reference run: anywhere else it would
+    replace the committed reference results with another configuration's."""
     if params.results_dir:
         path = Path(params.results_dir).expanduser()
-        return path if path.is_absolute() else ROOT / path
+        path = path if path.is_absolute() else ROOT / path
+        figures, resolved = FIGURES.resolve(), path.resolve()
+        if (resolved == figures or figures in resolved.parents) and os.environ.get(REFERENCE_RUN) != "1":
+            raise ValueError(f"results_dir={params.results_dir!r} is the committed reference results folder "
+                             f"{FIGURES}; only the reference run writes there (`make figures`, i.e. `pastkit run "
+                             "--profile cpu --reference`). Leave results_dir empty or name another folder")
+        return path
     return Path(os.environ.get("PASTKIT_RESULTS", ROOT / "results")) / f"{params.profile}-{params.digest()}"
 
 

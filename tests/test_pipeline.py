@@ -92,7 +92,6 @@ def test_only_the_reference_run_writes_figures(monkeypatch):
     monkeypatch.delenv("PASTKIT_RESULTS", raising=False)
     a, b = SquadParams(), SquadParams(lam=0.5)
     assert results_folder(a).parent == ROOT / "results" and results_folder(a) != results_folder(b)
-    assert results_folder(SquadParams(results_dir="figures")) == ROOT / "figures"
     assert results_folder(SquadParams(profile="smoke")).name.startswith("smoke-")
     with pytest.raises(ValueError, match="from the 'cpu' profile only"):
         run_profile("smoke", reference=True)
