@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
-from pathlib import Path
 
 DESCRIPTION = """\
 pastkit: Parametric Skill Transfer (PaST) tools.
@@ -133,6 +133,17 @@ def _stages(args) -> None:
     print(f"{len(old)} stages, {gb(old)}: {verb}")
 
 
+@contextlib.contextmanager
+def _degenerate_said():
+    """Say a degenerate result (a zero skill vector) on stderr as a warning line; the command still succeeds."""
+    from .skill_vector import DegenerateWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DegenerateWarning)
+        yield
+    for w in caught:
+        print(f"pastkit: warning: {w.message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -151,48 +162,29 @@ def _dispatch(args) -> int:
     elif args.command == "vector" and args.action == "extract":
         import torch
 
-        from .skill_vector import DegenerateWarning, SkillVector
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DegenerateWarning)
+        from .skill_vector import SkillVector
+        with _degenerate_said():
             v = SkillVector.extract(args.rl, args.sft, base=args.base, vocab=args.vocab)
             v.save(args.out, dtype=getattr(torch, args.dtype), force=args.force)
-        for w in caught:
-            print(f"pastkit: warning: {w.message}", file=sys.stderr)
         print(f"{args.out}: {v!r}")
     elif args.command == "vector" and args.action == "inject":
         from .skill_vector import inject
-        print(inject(args.model, args.vector, args.out, lam=args.lam, base=args.base, force=args.force,
-                     vocab=args.vocab))
+        with _degenerate_said():
+            out = inject(args.model, args.vector, args.out, lam=args.lam, base=args.base, force=args.force,
+                         vocab=args.vocab)
+        print(out)
     elif args.command == "cosine":
-        from .orthogonality import cosine_between, heatmap, summarize
-        from .outputs import atomic_output, check_separate
-        inputs = [args.a, args.b, args.base]
-        outs = [Path(args.out)] + ([Path(args.heatmap)] if args.heatmap else [])
-        if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
-            raise ValueError("-o and --heatmap name the same file")
-        for out in outs:  # before the (long) computation, not after it
-            check_separate(out, inputs)
-            if out.exists() and not args.force:
-                raise FileExistsError(f"{out} exists; pass --force to replace it")
-        table = cosine_between(args.a, args.b, base=args.base, vocab=args.vocab)
-        s = summarize(table, args.title)
-        if s["zero_delta_tensors"] == s["tensors"]:
-            raise ValueError(f"every tensor of A or B is unchanged (a zero delta): no cosine is defined "
-                             f"({args.a} vs {args.b})")
-        prov = {"operation": "cosine", "a": args.a, "b": args.b, "base": args.base}
-        with atomic_output(outs[0], force=args.force, inputs=inputs, provenance=prov) as tmp:
-            table.to_csv(tmp, index=False)
+        import matplotlib
+        matplotlib.use("Agg")
+
+        from .orthogonality import save_cosine
+        table, s = save_cosine(args.a, args.b, args.out, base=args.base, heatmap_png=args.heatmap, title=args.title,
+                               vocab=args.vocab, force=args.force)
         if s["zero_delta_tensors"]:
             print(f"pastkit: warning: {s['zero_delta_tensors']} of {s['tensors']} tensors are unchanged in A or B "
                   "(zero delta): their cosine is undefined and left out of the summary", file=sys.stderr)
         print(f"{s['tensors']} tensors  mean |cos| {s['mean_abs_cos']:.4g}  max |cos| {s['max_abs_cos']:.4g}  "
               f"×random {s['times_random']:.3g} (1 = unrelated directions)")
-        if args.heatmap:
-            import matplotlib
-            matplotlib.use("Agg")
-            ax = heatmap(table, args.title)
-            with atomic_output(outs[1], force=args.force, inputs=inputs, provenance=prov) as tmp:
-                ax.figure.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
     elif args.command == "probe":
         from .benchmarks.squad import SquadParams, knowledge_probe
         from .config import load_profile

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .outputs import atomic_output
 from .training import curve, device_args, falling, interactive, memory_callbacks, progress_callback, quiet_trainer
 
 # LoRA targets: all attention and MLP projections (kit choice; the paper defers to SEAL's list).
@@ -108,13 +109,22 @@ def _sft_trainer():
     return KitSFTTrainer
 
 
-def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: int, log=print) -> dict:
-    """Fine-tune `start_dir` on `records` and save to `out`; returns the summary (loss start/end, fell?)."""
+def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: int, log=print,
+              force: bool = False) -> dict:
+    """Fine-tune `start_dir` on `records` and save to `out`; returns the summary (loss start/end, fell?).
+
+    `out` follows the kit's write rules (`outputs`): never the start model or inside it, an existing `out` only
+    with force and only if pastkit wrote it, written whole or not at all."""
+    keys = record_format(records)
+    with atomic_output(out, force, inputs=[start_dir]) as tmp:
+        return _train_sft(start_dir, records, keys, Path(tmp), spec, seed, log)
+
+
+def _train_sft(start_dir, records: list[dict], keys: set[str], out: Path, spec: SFTSpec, seed: int, log) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig
 
-    keys = record_format(records)
     tok = AutoTokenizer.from_pretrained(start_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, TensorSource
+from .checkpoint import TensorSource, check_finite
+from .outputs import OutputError, atomic_output, check_separate
 from .skill_vector import open_delta
 from .training import interactive
 
@@ -51,8 +53,7 @@ def cosine_table(delta_a: TensorSource, delta_b: TensorSource) -> pd.DataFrame:
         if a.shape != b.shape:
             raise ValueError(f"tensor {name!r}: delta shapes differ, {tuple(a.shape)} in A vs {tuple(b.shape)} in B")
         for side, t, src in (("A", a, delta_a), ("B", b, delta_b)):
-            if not torch.isfinite(t).all():
-                raise CheckpointError(f"delta {side} ({src!r}): tensor {name!r} has non-finite values (NaN/Inf)")
+            check_finite(name, t, src.inputs() if hasattr(src, "inputs") else [src], f"delta {side}")
         dot = (a * b).sum(dtype=torch.float64).item()
         na = a.pow(2).sum(dtype=torch.float64).sqrt().item()
         nb = b.pow(2).sum(dtype=torch.float64).sqrt().item()
@@ -67,6 +68,36 @@ def cosine_table(delta_a: TensorSource, delta_b: TensorSource) -> pd.DataFrame:
 def cosine_between(a, b, base=None, vocab: str = "error") -> pd.DataFrame:
     """cosine_table for two fine-tuned models (with their base) or two deltas (vectors or adapters)."""
     return cosine_table(open_delta(a, base, vocab), open_delta(b, base, vocab))
+
+
+def save_cosine(a, b, out, base=None, heatmap_png=None, title: str = "cos(ΔA, ΔB)", vocab: str = "error",
+                force: bool = False) -> tuple[pd.DataFrame, dict]:
+    """`cosine_between(a, b, base)` written to the CSV `out` (and its heatmap to `heatmap_png`), under the kit's
+    write rules (`outputs`), checked before the computation; returns the table and its `summarize` line.
+
+    Every tensor unchanged on one side (no cosine anywhere) is an error, not an empty table."""
+    inputs = [a, b, base]
+    outs = [Path(out)] + ([Path(heatmap_png)] if heatmap_png else [])
+    if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
+        raise ValueError("the table and the heatmap name the same file")
+    for path in outs:  # before the (long) computation, not after it
+        check_separate(path, inputs)
+        if (path.exists() or path.is_symlink()) and not force:
+            raise OutputError(f"{path} exists; pass force=True (CLI: --force) to replace it")
+    table = cosine_between(a, b, base=base, vocab=vocab)
+    summary = summarize(table, title)
+    if summary["zero_delta_tensors"] == summary["tensors"]:
+        raise ValueError(f"every tensor of A or B is unchanged (a zero delta): no cosine is defined ({a} vs {b})")
+    prov = {"operation": "cosine", "a": str(a), "b": str(b), "base": str(base) if base else None}
+    with atomic_output(outs[0], force=force, inputs=inputs, provenance=prov) as tmp:
+        table.to_csv(tmp, index=False)
+    if heatmap_png:
+        import matplotlib.pyplot as plt
+        ax = heatmap(table, title)
+        with atomic_output(outs[1], force=force, inputs=inputs, provenance=prov) as tmp:
+            ax.figure.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+        plt.close(ax.figure)
+    return table, summary
 
 
 UNRELATED = math.sqrt(2 / math.pi)  # E|cos|·√n for two independent random directions (|N(0,1)| mean)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .outputs import atomic_output
 from .training import (
     autocast,
     curve,
@@ -79,8 +80,15 @@ def closed_book_task(items: list[dict], prompt: str, judge, seed: int, n: int, *
                   describe={"prompt": prompt, "reward": judge.describe(), **describe})
 
 
-def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log=print) -> dict:
-    """Full-parameter GRPO from `init_dir` on `task`; saves the policy to `out`, returns the summary."""
+def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log=print, force: bool = False) -> dict:
+    """Full-parameter GRPO from `init_dir` on `task`; saves the policy to `out`, returns the summary.
+
+    `out` follows the kit's write rules (`outputs`), as `train_sft`'s does."""
+    with atomic_output(out, force, inputs=[init_dir]) as tmp:
+        return _train_grpo(init_dir, task, Path(tmp), spec, seed, log)
+
+
+def _train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
