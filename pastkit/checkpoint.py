@@ -50,6 +50,16 @@ def read_json(path: Path, want: type = dict):
     return value
 
 
+def architecture_of(config: dict, where) -> str | None:
+    """The first of a config's `architectures` (None if it names none), or a CheckpointError naming the file."""
+    names = config.get("architectures")
+    if names is None or names == []:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{where}: 'architectures' must be a list of class names, got {names!r}")
+    return names[0]
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Where one tensor lives: file, dtype, shape, absolute byte range."""
@@ -166,8 +176,9 @@ class TensorSource(Protocol):
     def get(self, name: str) -> torch.Tensor: ...
 
 
-def check_finite(name: str, t: torch.Tensor, inputs: list) -> torch.Tensor:
-    """Refuse NaN/Inf in an output tensor, naming the input it came from.
+def check_finite(name: str, t: torch.Tensor, inputs: list, result: str = "the result") -> torch.Tensor:
+    """Refuse NaN/Inf in an output tensor, naming the file it came from (or `result`, say "θ + λ·v with λ = 5e30",
+    when every input is finite and the arithmetic overflowed).
 
     Only outputs are checked on the fast path (a NaN or Inf in any input propagates to the output);
     the inputs are re-read only to say which one is at fault.
@@ -179,9 +190,18 @@ def check_finite(name: str, t: torch.Tensor, inputs: list) -> torch.Tensor:
             if name in src.keys():
                 bad = int((~torch.isfinite(src.get(name).float())).sum())
                 if bad:
-                    raise CheckpointError(f"{src!r}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf)")
-        raise CheckpointError(f"tensor {name!r}: the result is non-finite (overflow?)")
+                    raise CheckpointError(f"{source_file(src, name)}: tensor {name!r} has {bad} non-finite value(s) "
+                                          "(NaN/Inf)")
+        raise CheckpointError(f"tensor {name!r}: {result} is not finite (overflow in float32)")
     return t
+
+
+def source_file(src, name: str):
+    """The file a tensor source reads `name` from, for messages: a checkpoint's shard, an adapter's weights file."""
+    tensors = getattr(src, "tensors", None)
+    if isinstance(tensors, dict) and name in tensors:
+        return tensors[name].file
+    return getattr(src, "weights", None) or getattr(src, "path", None) or repr(src)
 
 
 class Checkpoint:
@@ -214,6 +234,11 @@ class Checkpoint:
                 raise CheckpointError(f"{self.path}: index names shard {f.name}, which is missing")
             infos, meta = read_header(f)
             names = sorted(infos, key=lambda k: infos[k].start)
+            for name in names:
+                if name in self.tensors:
+                    raise CheckpointError(f"{self.path}: tensor {name!r} is in two shards, "
+                                          f"{self.tensors[name].file.name} and {f.name}; which one is the model's "
+                                          "is undefined, so the checkpoint is refused")
             self.shards.append((f.name, names, meta))
             self.tensors.update(infos)
         if self.index is not None:
@@ -226,6 +251,7 @@ class Checkpoint:
                 raise CheckpointError(f"{self.path}: no config.json; a model dir needs one (it names the "
                                       "architecture, which pastkit checks before combining models)")
             self.config = read_json(self.path / "config.json", dict)
+            architecture_of(self.config, self.path / "config.json")
 
     def _index_files(self) -> list[Path]:
         """Shard files named by a sharded model's index, each checked to lie inside the model dir."""
@@ -252,7 +278,7 @@ class Checkpoint:
 
     @property
     def architecture(self) -> str | None:
-        return (self.config.get("architectures") or [None])[0]
+        return architecture_of(self.config, self.path / "config.json")
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -278,6 +304,22 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
+def _check_patterns(config: dict, cfg_path: Path) -> None:
+    """rank_pattern and alpha_pattern: maps of regular expression to a positive number, as peft reads them."""
+    for field in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(field) or {}
+        if not isinstance(patterns, dict):
+            raise CheckpointError(f"{cfg_path}: {field!r} must map module-name patterns to numbers")
+        for key, value in patterns.items():
+            try:
+                re.compile(rf"(.*\.)?{key}$")
+            except re.error as e:
+                raise CheckpointError(f"{cfg_path}: {field} key {key!r} is not a valid regular expression ({e})") \
+                    from None
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise CheckpointError(f"{cfg_path}: {field}[{key!r}] must be a positive number, got {value!r}")
+
+
 class LoraAdapter:
     """A peft LoRA adapter dir seen as dense deltas: ΔW = B·A·scaling, exactly what merge_and_unload adds.
 
@@ -301,6 +343,7 @@ class LoraAdapter:
             if not isinstance(self.config.get(key), (int, float)) or isinstance(self.config.get(key), bool) \
                     or self.config[key] <= 0:
                 raise CheckpointError(f"{cfg_path}: needs a positive number {key!r} (got {self.config.get(key)!r})")
+        _check_patterns(self.config, cfg_path)
         weights = self.path / "adapter_model.safetensors"
         if not weights.exists():
             raise CheckpointError(f"{self.path}: no adapter_model.safetensors (pickle adapters are never loaded)")
@@ -318,8 +361,13 @@ class LoraAdapter:
             b_key = key.replace(m.group(2), "lora_embedding_B" if is_emb else "lora_B")
             if a_key not in raw.tensors or b_key not in raw.tensors:
                 raise CheckpointError(f"{weights}: {module} has only one of its two LoRA factors")
+            a, b = raw.shape(a_key), raw.shape(b_key)
+            if len(a) != 2 or len(b) != 2 or b[1] != a[0]:
+                raise CheckpointError(f"{weights}: the LoRA factors of {module} do not fit together: {a_key} is "
+                                      f"{list(a)} and {b_key} is {list(b)} (B·A needs as many columns in B as rows "
+                                      "in A: the rank)")
             self._ab[f"{module}.weight"] = (a_key, b_key, is_emb)
-        self._raw = raw
+        self._raw, self.weights = raw, weights
 
     def __repr__(self):
         return f"LoraAdapter({str(self.path)!r}, {len(self._ab)} modules)"

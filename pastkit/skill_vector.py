@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 import warnings
@@ -33,15 +34,19 @@ from .checkpoint import (
     CheckpointError,
     LoraAdapter,
     TensorSource,
+    architecture_of,
     check_finite,
     is_adapter,
     read_json,
+    source_file,
     write_safetensors,
 )
 from .outputs import atomic_output
 from .training import interactive
 
 VOCAB_POLICIES = ("error", "overlap")
+FP32_MAX = torch.finfo(torch.float32).max
+LAYER_INDEX = re.compile(r"\.\d+\.")  # the block number in a name such as model.layers.3.mlp.up_proj.weight
 LAZY_NORM_LIMIT = 10**9  # repr computes the norm of an unsaved vector up to this many parameters (seconds on a CPU)
 
 
@@ -56,6 +61,9 @@ def _finite_scalar(x, what: str) -> float:
         raise ValueError(f"{what} must be a number, got {x!r}") from None
     if not math.isfinite(x):
         raise ValueError(f"{what} must be finite, got {x}")
+    if abs(x) > FP32_MAX:
+        raise ValueError(f"{what} = {x:g} is outside float32's range (±{FP32_MAX:.3g}), in which weights and vectors "
+                         "are combined")
     return x
 
 
@@ -222,7 +230,7 @@ def _describe(path) -> dict:
     path = Path(path)
     cfg_file = path / "config.json"
     cfg = read_json(cfg_file) if cfg_file.exists() else {}
-    return {"path": str(path), "architecture": (cfg.get("architectures") or [None])[0],
+    return {"path": str(path), "architecture": architecture_of(cfg, cfg_file),
             "model_type": cfg.get("model_type"), "adapter": is_adapter(path)}
 
 
@@ -448,8 +456,14 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
             raise CheckpointError(f"{model}: has no tensor {name!r}, which the skill vector changes")
         _row_overlap(name, tuple(target.shape(name)), tuple(v.shape(name)), vocab, f"the model {model}",
                      "the skill vector")
+        if not target.tensors[name].dtype.is_floating_point:
+            raise CheckpointError(f"{source_file(target, name)}: tensor {name!r} is {target.tensors[name].dtype} "
+                                  "(quantized?); a float delta added to integer codes would be truncated. Inject into "
+                                  "a floating-point model")
+    _check_covers(v, target, model)
     out = Path(out)
     vkeys = set(v.keys())
+    changed = [False]
     bar = tqdm(total=len(target.tensors), desc=f"inject λ={lam:g}", unit="tensor", leave=False,
                disable=not interactive())
 
@@ -458,14 +472,17 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
         w = target.get(name)
         if name not in vkeys:
             return check_finite(name, w, [target])
-        return check_finite(name, add_scaled_(w, v.get(name), lam), [target] + _inputs(v.source))
+        delta = v.get(name)
+        changed[0] = changed[0] or bool(delta.any())
+        return check_finite(name, add_scaled_(w, delta, lam), [target] + _inputs(v.source),
+                            f"θ + λ·v with λ = {lam:g}")
 
     src_dir = Path(target.base.path if isinstance(target, DenseWithAdapter) else target.path)
+    metadata = [f for f in src_dir.iterdir() if is_model_metadata(f.name) and _own_file(f, src_dir)]
     with atomic_output(out, force, inputs=_paths(target) + _paths(v.source)) as tmp:
         tmp.mkdir()
-        for f in src_dir.iterdir():  # config, tokenizer, chat template, licence; never another copy of weights
-            if f.is_file() and is_model_metadata(f.name):
-                shutil.copy2(f, tmp / f.name)
+        for f in metadata:  # config, tokenizer, chat template, licence; never another copy of weights
+            shutil.copy2(f, tmp / f.name)
         for shard, names, meta in target.shards:
             specs = [(n, target.tensors[n].dtype, target.shape(n)) for n in names]
             write_safetensors(tmp / shard, specs, produce, meta)
@@ -476,4 +493,34 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
                       "lam": lam, "vector": v.meta, "pastkit_version": __version__}
         (tmp / "pastkit_provenance.json").write_text(json.dumps(provenance, indent=2))
     bar.close()
+    if not changed[0]:
+        warnings.warn(f"{out}: the skill vector ({v.meta.get('formula')}) is exactly zero, so the model was copied "
+                      "unchanged", DegenerateWarning, stacklevel=2)
     return out
+
+
+def _check_covers(v: SkillVector, target, model) -> None:
+    """Refuse a vector that changes some of a model's blocks but not others of the same kind: a vector of a 2-layer
+    model injected into a 3-layer one of the same width would leave layer 2 untouched without a word. Compared by
+    name with the block number masked (a LoRA vector holds only the adapted modules, but in every block)."""
+    kinds = {LAYER_INDEX.sub(".#.", n) for n in v.keys()}
+    missed = sorted(n for n in target.keys() if n not in set(v.keys()) and LAYER_INDEX.sub(".#.", n) in kinds)
+    if missed:
+        shown = ", ".join(missed[:3]) + (", …" if len(missed) > 3 else "")
+        raise CheckpointError(f"{model}: the skill vector changes tensors of this kind in other blocks but not "
+                              f"{len(missed)} of the model's ({shown}); was it extracted from a model with fewer "
+                              f"layers? (vector: {v.meta.get('formula')})")
+
+
+def _own_file(f: Path, model_dir: Path) -> bool:
+    """Is `f` the model's own file to copy: a regular file, or a symlink into the model dir (or, in a Hugging Face
+    cache snapshot, into that repository's blobs). A link to anything else is refused, never copied as content."""
+    if not f.is_symlink():
+        return f.is_file()
+    real, home = f.resolve(), model_dir.resolve()
+    if model_dir.parent.name == "snapshots":  # huggingface_hub's layout: snapshots/<rev>/x -> ../../blobs/<sha>
+        home = model_dir.parent.parent.resolve()
+    if home not in real.parents:
+        raise CheckpointError(f"{f} is a symlink to {real}, outside the model dir; pastkit copies only the model's "
+                              "own files. Replace the link by the file it means")
+    return real.is_file()
