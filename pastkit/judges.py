@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import string
@@ -55,6 +56,10 @@ JUDGE_PROMPT = JudgePrompt(
 
 class JudgeError(RuntimeError):
     """The judge could not give a verdict (unreachable endpoint, bad credentials, bad reply)."""
+
+
+class NotACompletion(Exception):
+    """An endpoint's reply that is not an OpenAI chat completion (an HTML error page from a proxy, ...)."""
 
 
 def normalize_tokens(text: str) -> list[str]:
@@ -156,9 +161,14 @@ class LLMJudge:
             raise JudgeError("the llm judge needs PASTKIT_JUDGE_URL (e.g. http://localhost:8000/v1) and "
                              "PASTKIT_JUDGE_MODEL in the environment")
         self.retries = retries
-        self.timeout = float(timeout if timeout is not None else os.environ.get("PASTKIT_JUDGE_TIMEOUT", 120))
-        if not self.timeout > 0:
-            raise JudgeError(f"the judge timeout must be a positive number of seconds, got {self.timeout}")
+        raw = timeout if timeout is not None else os.environ.get("PASTKIT_JUDGE_TIMEOUT", 120)
+        try:
+            self.timeout = float(raw)
+        except (TypeError, ValueError):
+            self.timeout = float("nan")
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            what = "PASTKIT_JUDGE_TIMEOUT" if timeout is None else "the judge timeout"
+            raise JudgeError(f"{what}={raw!r}: must be a positive number of seconds (the deadline of one verdict)")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
         self.cache_path = Path(cache or runs_dir() / "judge-cache" / f"{safe}.jsonl")
         self.cache: dict[str, float] = {}
@@ -170,9 +180,14 @@ class LLMJudge:
     def _key(self) -> str | None:
         return os.environ.get("PASTKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
+    def cache_key(self, *parts: str) -> str:
+        """A cached reply's key: the endpoint and the model that gave it, and what was asked. Another endpoint
+        serving a model of the same name is another judge and is asked afresh."""
+        return hashlib.sha256("\n".join([self.url, self.model, *parts]).encode()).hexdigest()
+
     def score(self, question: str, gold: str, pred: str) -> float:
         prompt = self.prompt.text.format(question=question, gold=gold, pred=pred)
-        key = hashlib.sha256(f"{self.model}\n{prompt}".encode()).hexdigest()
+        key = self.cache_key(prompt)
         if key in self.cache:
             return self.cache[key]
         reply = self.ask(prompt)
@@ -191,7 +206,7 @@ class LLMJudge:
         import openai
 
         deadline = time.monotonic() + self.timeout
-        last, tries = None, 0
+        last, tries, answered = None, 0, False
         for attempt in range(self.retries):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -210,9 +225,12 @@ class LLMJudge:
                     raise JudgeError(f"judge endpoint {self.url} refused the request: HTTP {code}") from None
                 last = f"HTTP {code}"
             except (openai.APIConnectionError, TimeoutError) as e:
-                last = str(e) or type(e).__name__
+                last, answered = str(e) or type(e).__name__, False
+            except NotACompletion as e:  # a proxy's error page, say: retried like an outage
+                last, answered = str(e), True
             time.sleep(max(0.0, min(2 ** attempt, 30, deadline - time.monotonic())))
-        raise JudgeError(f"judge endpoint {self.url} unreachable after {tries} tries within the "
+        what = "gave no usable reply" if answered else "unreachable"
+        raise JudgeError(f"judge endpoint {self.url} {what} after {tries} tries within the "
                          f"{self.timeout:g} s deadline ({last}); judgements so far are cached in {self.cache_path}")
 
     def _request(self, prompt: str, seconds: float, max_tokens: int, system: str) -> str:
@@ -239,8 +257,12 @@ class LLMJudge:
         worker.join(seconds)
         if worker.is_alive():
             raise TimeoutError(f"no complete reply within {seconds:.1f} s")
+        if isinstance(result.get("error"), ValueError):  # a JSON content type over a body that is not JSON
+            raise NotACompletion("it answered HTTP 200 with a body that is not JSON (an HTML page?)") from None
         if "error" in result:
             raise result["error"]
+        if isinstance(result["reply"], str):  # the client hands back a non-JSON body as text
+            raise NotACompletion(f"it answered HTTP 200 with {result['reply'][:60]!r}, not a chat completion")
         try:
             content = result["reply"].choices[0].message.content
         except (AttributeError, IndexError, TypeError) as e:

@@ -297,7 +297,7 @@ class CachedEndpoint:
         return {"model": self.client.model, "url": self.client.url}
 
     def ask(self, system: str, user: str, max_tokens: int) -> str:
-        key = hashlib.sha256(f"{self.client.model}\n{system}\n{user}\n{max_tokens}".encode()).hexdigest()
+        key = self.client.cache_key(system, user, str(max_tokens))
         if key not in self.cache:
             from .judges import append_to_cache
             reply = self.client.ask(user, max_tokens=max_tokens, system=system)
