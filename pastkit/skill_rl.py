@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .decoding import serve_generate, supports
 from .outputs import atomic_output
 from .training import (
     autocast,
@@ -98,7 +99,9 @@ def _train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, lo
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(init_dir, use_safetensors=True, trust_remote_code=False)
-    if spec.cpu_bf16 and not spec.use_vllm:
+    if not spec.use_vllm and supports(model):
+        serve_generate(model, spec.cpu_bf16)  # rollouts through the kit's decoder (`decoding`)
+    elif spec.cpu_bf16 and not spec.use_vllm:
         _decode_in_one_autocast(model)
     conversational = bool(tok.chat_template)
     prompts = [[{"role": "user", "content": p}] if conversational and isinstance(p, str) else p for p in task.prompts]

@@ -253,25 +253,27 @@ def test_precision_is_part_of_every_stage_key(runs):
 
 
 @pytest.mark.parametrize("cpu_bf16", [False, True])
-def test_grpo_rollouts_decode_in_one_autocast_region_in_bf16(cpu_bf16, tiny_model, tmp_path, monkeypatch):
-    """In bf16, trl's rollouts run inside one autocast region (weights cast once per rollout, not once per token,
-    as accelerate's per-forward region alone would); in fp32 there is none, and the policy is saved in fp32."""
+def test_grpo_rollouts_go_through_the_kits_decoder(cpu_bf16, tiny_model, tmp_path, monkeypatch):
+    """trl's rollouts decode through `decoding.Decoder` (its products in bf16 when cpu_bf16), never HF `generate`
+    for the options the kit uses; the policy is saved in fp32 either way."""
     from transformers import GenerationMixin
 
+    from pastkit.decoding import Decoder
     from pastkit.skill_rl import GRPOSpec, train_grpo
 
-    seen, generate = [], GenerationMixin.generate
+    seen, decode = [], Decoder.generate
+    monkeypatch.setattr(GenerationMixin, "generate", lambda *a, **kw: pytest.fail("HF generate was called"))
+    def recording(self, *a, **kw):
+        seen.append((self.compute, kw["do_sample"], kw["top_k"]))
+        return decode(self, *a, **kw)
 
-    def recording(self, *args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(GenerationMixin, "generate", recording)
+    monkeypatch.setattr(Decoder, "generate", recording)
     task = RLTask([f"Tell me about: {d}" for d in DOCS["source 1"]], [_variety])
     spec = GRPOSpec(epochs=1, lr=1e-2, group=2, prompts_per_step=1, beta=0.0, temperature=1.0, top_p=1.0, top_k=0,
                     max_new_tokens=4, cpu_bf16=cpu_bf16)
     summary = train_grpo(tiny_model, task, tmp_path / "rl", spec, seed=0, log=lambda *_: None)
-    assert summary["steps"] == 2 and seen and set(seen) == {cpu_bf16}
+    want = torch.bfloat16 if cpu_bf16 else torch.float32
+    assert summary["steps"] == 2 and seen and set(seen) == {(want, True, 0)}
     assert {t.dtype for t in load_dir(tmp_path / "rl").values()} == {torch.float32}
 
 
