@@ -14,6 +14,10 @@ a lock: the second waits and reuses the first one's result. A process holds a sh
 built or read back until it exits (or calls `release`), so `prune` never deletes a stage a running study
 still reads from.
 
+Building a stage takes the machine's compute lock (`compute_slot`): on a CPU, two kit processes that train or
+decode at once oversubscribe the cores (a 110 s SFT stage took over 13 minutes beside two other runs), so
+their builds take turns, each with every core. Reading finished stages back needs no turn.
+
 A stage records the machine that built it (`report.machine`: CPU, its bf16 instructions, library versions): bf16
 training gives different models on different CPUs, and a cache can be copied or shared between machines. A stage
 read back from another machine says so in the log, and `machines_used` hands every result's provenance the
@@ -34,6 +38,7 @@ import json
 import os
 import resource
 import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -112,7 +117,7 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
     try:
         fcntl.flock(use, fcntl.LOCK_SH)  # waits only while a `prune` deletes this very stage
         if not (path / STAGE_FILE).exists():
-            with _lock_file(root, f"{path.name}.build") as building:  # one builder at a time
+            with compute_slot(log), _lock_file(root, f"{path.name}.build") as building:  # one builder at a time
                 if not _try_lock(building):
                     log(f"[wait]   {name} ({path.name}): another process is building it")
                     fcntl.flock(building, fcntl.LOCK_EX)
@@ -125,6 +130,40 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
         use.close()
         raise
     return _read_back(name, key, path, log)
+
+
+_COMPUTE: dict = {"file": None, "depth": 0}  # this process's hold on the compute lock (re-entrant)
+
+
+@contextlib.contextmanager
+def compute_slot(log=print):
+    """The machine's turn to compute: an exclusive lock on $PASTKIT_COMPUTE_LOCK (default
+    <temp dir>/pastkit-compute.lock; "off" to run side by side, e.g. with threads set per process on a large
+    machine). Taken before any stage's build lock, so the order of locks is the same in every process; re-entrant
+    within a process. Not taken where a GPU is: there the CPU is not what the builds share."""
+    where = os.environ.get("PASTKIT_COMPUTE_LOCK", str(Path(tempfile.gettempdir()) / "pastkit-compute.lock"))
+    if where == "off" or _COMPUTE["depth"] or _cuda():
+        _COMPUTE["depth"] += 1
+        try:
+            yield
+        finally:
+            _COMPUTE["depth"] -= 1
+        return
+    lock = open(where, "a")
+    try:
+        if not _try_lock(lock):
+            log(f"[wait]   another pastkit process is computing on this machine ({where}); waiting for its turn")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _COMPUTE["depth"] = 1
+        yield
+    finally:
+        _COMPUTE["depth"] = 0
+        lock.close()
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def _read_back(name: str, key: str, path: Path, log) -> Stage:

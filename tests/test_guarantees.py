@@ -441,3 +441,24 @@ def test_a_file_size_limit_during_a_stage_is_a_message(tmp_path, monkeypatch):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert e.value.__cause__ is not None and not list(tmp_path.glob("big-*"))
+
+
+def test_two_kit_processes_build_their_stages_in_turn_not_side_by_side(tmp_path):
+    """Each build waits up to 1.5 s to see the other process inside its own build: with the compute lock it
+    never does (two processes computing at once on these cores ran more than 3x slower than one after the other)."""
+    script = ("import sys, time; from pathlib import Path; from pastkit.stages import run_stage\n"
+              "me, other = Path(sys.argv[1]), Path(sys.argv[2])\n"
+              "def build(d):\n"
+              "    me.touch(); t = time.time()\n"
+              "    while not other.exists() and time.time() - t < float(sys.argv[4]): time.sleep(0.02)\n"
+              "    (d / 'saw').write_text(str(other.exists())); me.unlink()\n"
+              "print(open(run_stage(sys.argv[3], {}, build, log=lambda *_: None).path / 'saw').read())\n")
+    env = {**os.environ, "PASTKIT_RUNS": str(tmp_path / "runs"), "PASTKIT_COMPUTE_LOCK": str(tmp_path / "cpu.lock")}
+    a, b = tmp_path / "a-building", tmp_path / "b-building"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(x), str(y), name, "1.5"], env=env,
+                              stdout=subprocess.PIPE, text=True) for x, y, name in ((a, b, "first"), (b, a, "second"))]
+    assert [p.communicate(timeout=60)[0].strip() for p in procs] == ["False", "False"]
+    env["PASTKIT_COMPUTE_LOCK"] = "off"  # the control: without the lock they do overlap
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(x), str(y), name, "8"], env=env,
+                              stdout=subprocess.PIPE, text=True) for x, y, name in ((a, b, "third"), (b, a, "fourth"))]
+    assert "True" in [p.communicate(timeout=60)[0].strip() for p in procs]
