@@ -1,209 +1,230 @@
-"""Where the cpu profile's time goes: generation, SFT and one GRPO step on SmolLM2-135M, against baselines.
+"""The machine's roofline and where the kit stands against it: decoding, one GRPO step, SFT (SmolLM2-135M).
 
-    .venv/bin/python bench/throughput.py [--quick]      (needs `pip install ctranslate2` for the engine row)
+    .venv/bin/python bench/throughput.py [--quick] [--only roofline decode grpo sft]
 
-Generation: generated tokens per second (up to EOS, padding not counted) of the kit's path
-(`pastkit.generation.generate`, batched) against a bare `model.generate` loop (one prompt at a time) and
-against CTranslate2 (an inference engine for CPUs; its per-checkpoint conversion is timed and counted, since
-every trained checkpoint would need one). Two workloads from the cpu profile: closed-book answers (greedy,
-48 new tokens) and implications (sampling, 2 samples × 160 tokens). SFT: trained tokens per second of the kit's
-`train_sft` against a bare PyTorch loop (AdamW, same batches, same number of steps). GRPO: one optimizer step,
-split into generation (HF generate inside trl) and the rest (reward, log-probs, backward, optimizer).
-Each row is the best of `--repeats` runs on source passages (never the test passages). Prints a Markdown table.
+Roofline: this CPU's matrix-product rate (fp32, bf16) at two shapes of the model's products, and its memory read
+bandwidth, with plain torch. Decoding: per-step time of HF `generate` (bf16: inside one autocast region, as the
+kit ran it) against the kit's `decoding.Decoder` on the same SQuAD questions (source passages, never test), the
+prompt's prefill timed apart (a run of 1 token) from the steps (33 tokens minus 1, every sequence made to run
+all 33), and the step's bound: its products at the measured rate or its weights at the measured bandwidth,
+whichever is slower. GRPO: one optimizer step of trl's GRPOTrainer as `train_grpo` configures it (8 prompts x
+group 4 = 32 rollouts of 32 tokens), split into rollout, reward and the rest (log-probs, backward, AdamW), with
+HF `generate` and with the kit's decoder, at beta 0.001 (a reference model runs) and 0. SFT: trained tokens/s of
+`train_sft` against a bare PyTorch loop over the same batches (AdamW), fp32 and bf16 autocast.
+
+Every figure is the best of `--repeats` runs in one process on an otherwise idle machine; it prints Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from pastkit.benchmarks.squad import IMPLICATIONS_PROMPT, QA_PROMPT, cpt_documents, load_passages
-from pastkit.generation import chat_text, generate, load_model
+from pastkit.benchmarks.squad import QA_PROMPT, cpt_documents, load_passages
+from pastkit.decoding import Decoder, serve_generate
+from pastkit.generation import chat_text, load_model
 from pastkit.knowledge import SFTSpec, train_sft
 from pastkit.models import resolve
+from pastkit.training import autocast, device_args
 
 
-def count_new_tokens(tok, texts: list[str]) -> int:
-    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # + the EOS it stopped at
-
-
-def best(fn, repeats: int):
-    """(seconds, result) of the fastest of `repeats` runs."""
-    runs = []
+def best(fn, repeats: int) -> float:
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = fn()
-        runs.append((time.perf_counter() - t0, out))
-    return min(runs, key=lambda r: r[0])
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
-def gen_kit(model_and_tok, prompts, max_new, samples, temperature, batch=64):
-    return [c for cs in generate(None, prompts, max_new_tokens=max_new, samples=samples, temperature=temperature,
-                                 top_p=0.95 if temperature else 1.0, model_and_tok=model_and_tok, batch_size=batch)
-            for c in cs]
-
-
-def gen_bare(model_and_tok, prompts, max_new, samples, temperature):
-    model, tok = model_and_tok
-    out = []
-    for p in prompts:
-        ids = tok(chat_text(tok, p), return_tensors="pt", add_special_tokens=False)
-        kw = dict(do_sample=True, temperature=temperature, top_p=0.95) if temperature else dict(do_sample=False)
-        with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=max_new, num_return_sequences=samples,
-                                 pad_token_id=tok.pad_token_id, **kw)
-        out += tok.batch_decode(gen[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+def roofline(repeats: int) -> dict:
+    """Measured GFLOPS of x[M,576] @ W[576,1536]ᵀ-shaped products (M = 2048 and 64), fp32 and bf16, and GB/s read."""
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for m in (2048, 64):
+            x, w = torch.randn(m, 576).to(dtype), torch.randn(1536, 576).to(dtype)
+            n = 20 if m == 2048 else 400
+            secs = best(lambda x=x, w=w, n=n: [torch.nn.functional.linear(x, w) for _ in range(n)], repeats + 1) / n
+            out[(str(dtype).removeprefix("torch."), m)] = 2 * m * 576 * 1536 / secs / 1e9
+    big = torch.ones(2**28)  # 1 GiB: far past every cache
+    out["GB/s"] = big.numel() * 4 / best(lambda: big.sum(), repeats + 2) / 1e9
     return out
 
 
-def ct2_convert(model_dir: Path, out: Path) -> Path:
-    import ctranslate2.converters
-    ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), quantization="float32",
-                                                                         force=True)
-    return out
+def decode(model, tok, questions, repeats: int, peaks: dict) -> list[tuple]:
+    rows = []
+    layer_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    head_params = model.lm_head.weight.numel()
+    for bf16 in (False, True):
+        name = "bf16" if bf16 else "fp32"
+        decoder = Decoder(model, cpu_bf16=bf16)
+        for b in (1, 16, 64):
+            batch = tok([chat_text(tok, q) for q in questions[:b]], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+
+            def hf(n, batch=batch, bf16=bf16):
+                with torch.no_grad(), autocast(bf16):
+                    model.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False, temperature=None,
+                                   top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+
+            def kit(n, batch=batch, decoder=decoder):
+                decoder.generate(batch["input_ids"], batch["attention_mask"], n, eos_token_id=[],
+                                 pad_token_id=tok.pad_token_id)
+
+            flops = 2 * b * (layer_params + head_params)
+            weight_bytes = (layer_params + head_params) * (2 if bf16 else 4)
+            rate = peaks[(name, 64)] if b > 1 else peaks[(name, 2048)]
+            bound = max(flops / rate / 1e9, weight_bytes / peaks["GB/s"] / 1e9)
+            for method, fn in (("HF generate", hf), ("kit decoder", kit)):
+                fn(2)
+                prefill = best(lambda fn=fn: fn(1), repeats)
+                step = (best(lambda fn=fn: fn(33), repeats) - prefill) / 32
+                rows.append((f"decode {name}, batch {b} ({batch['input_ids'].shape[1]}-token prompts)", method,
+                             f"{prefill:.2f}", f"{step * 1000:.0f}", f"{b / step:.0f}", f"{bound / step:.0%}"))
+                print(rows[-1], flush=True)
+    return rows
 
 
-def gen_ct2(generator, tok, prompts, max_new, samples, temperature):
-    tokens = [tok.convert_ids_to_tokens(tok(chat_text(tok, p), add_special_tokens=False)["input_ids"])
-              for p in prompts]
-    kw = dict(sampling_temperature=temperature, sampling_topp=0.95, num_hypotheses=samples, sampling_topk=0) \
-        if temperature else dict(sampling_topk=1)
-    if samples > 1:  # ct2 returns num_hypotheses per prompt only with beam search; repeat prompts for sampling
-        tokens, kw = [t for t in tokens for _ in range(samples)], {**kw, "num_hypotheses": 1}
-    results = generator.generate_batch(tokens, max_length=max_new, include_prompt_in_result=False,
-                                       end_token=tok.eos_token, max_batch_size=16, **kw)
-    return [tok.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
+def _timed(fn, into: list):
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        into.append(time.perf_counter() - t0)
+        return out
+    return timed
 
 
-def sft_bare(model_dir: Path, texts: list[str], spec: SFTSpec, seed: int) -> int:
-    """A plain PyTorch loop over the same batches as the kit: AdamW, linear decay, padding masked out."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.pad_token = tok.pad_token or tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr)
-    trained = 0
-    for i in range(0, len(texts), spec.batch):
-        batch = tok([t + tok.eos_token for t in texts[i:i + spec.batch]], return_tensors="pt", padding=True,
-                    truncation=True, max_length=spec.max_len)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss / spec.grad_accum
-        loss.backward()
-        trained += int(batch["attention_mask"].sum())
-        if (i // spec.batch + 1) % spec.grad_accum == 0:
-            opt.step()
-            opt.zero_grad()
-    return trained
-
-
-def grpo_step(model_dir: Path, prompts, golds, work: Path) -> dict:
-    """Seconds of one GRPO optimizer step (group 4, 32 new tokens, the cpu profile) and of its generation."""
+def grpo(model_dir: Path, questions, golds, work: Path, steps: int) -> list[tuple]:
+    """One GRPO step's split, HF generate against the kit's decoder, beta 0.001 and 0."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from pastkit.judges import TokenF1Judge
-    from pastkit.training import device_args, quiet_trainer
+    from pastkit.training import quiet_trainer
 
     judge = TokenF1Judge()
 
     def reward(prompts, completions, gold, **_):
         return [judge.score("", g, c[-1]["content"]) for g, c in zip(gold, completions)]
 
+    rows = []
+    for beta in (0.001, 0.0):
+        for kit in (False, True):
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            tok.padding_side = "left"
+            prompts = [[{"role": "user", "content": QA_PROMPT.format(question=q)}] for q in questions[:8 * steps]]
+            data = Dataset.from_dict({"prompt": prompts, "gold": golds[:8 * steps]})
+            args = GRPOConfig(output_dir=str(work / f"grpo-{beta}-{kit}"), max_steps=steps, learning_rate=1e-5,
+                              per_device_train_batch_size=32, num_generations=4, max_completion_length=32,
+                              temperature=0.7, top_p=0.9, top_k=50, beta=beta, save_strategy="no", report_to="none",
+                              logging_steps=1, disable_tqdm=True, **device_args())
+            model = AutoModelForCausalLM.from_pretrained(model_dir)
+            if kit:
+                serve_generate(model)
+            trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                                  processing_class=tok)
+            quiet_trainer(trainer)
+            spent = {"rollout": [], "reward": []}
+            for key, attr in (("rollout", "_generate_single_turn"), ("reward", "_calculate_rewards")):
+                setattr(trainer, attr, _timed(getattr(trainer, attr), spent[key]))
+            trainer.train()
+            step_times = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
+            i = min(range(len(step_times)), key=step_times.__getitem__)
+            total, roll, rew = step_times[i], spent["rollout"][i], spent["reward"][i]
+            rows.append((f"GRPO step, 32 rollouts x 32 tokens, beta {beta:g}",
+                         "kit decoder" if kit else "HF generate", f"{total:.1f}", f"{roll:.1f}", f"{rew:.2f}",
+                         f"{total - roll - rew:.1f}", f"{32 / roll:.1f}"))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def sft_bare(model_dir: Path, texts: list[str], spec: SFTSpec, seed: int, bf16: bool) -> float:
+    """A plain PyTorch loop over batches like the kit's (AdamW, padding masked out): seconds of the loop alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
-    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts], "gold": golds})
-    args = GRPOConfig(output_dir=str(work), max_steps=len(prompts), learning_rate=1e-5, per_device_train_batch_size=4,
-                      num_generations=4, max_completion_length=32, temperature=0.7, top_p=0.9, top_k=50, beta=0.001,
-                      save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True, **device_args())
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=reward, args=args,
-                          train_dataset=data, processing_class=tok)
-    quiet_trainer(trainer)
-    gen_time = []
-    real = trainer._generate_single_turn
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr)
+    texts = sorted(texts, key=len)  # the kit's `LengthBatches` batch by length too
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), spec.batch):
+        batch = tok([t + tok.eos_token for t in texts[i:i + spec.batch]], return_tensors="pt", padding=True,
+                    truncation=True, max_length=spec.max_len)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = model(**batch, labels=labels).loss / spec.grad_accum
+        loss.backward()
+        if (i // spec.batch + 1) % spec.grad_accum == 0:
+            opt.step()
+            opt.zero_grad()
+    return time.perf_counter() - t0
 
-    def timed(*a, **kw):
-        t0 = time.perf_counter()
-        out = real(*a, **kw)
-        gen_time.append(time.perf_counter() - t0)
-        return out
 
-    trainer._generate_single_turn = timed
-    trainer.train()
-    steps = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
-    return {"step": min(steps), "generation": min(gen_time), "steps": len(steps)}
+def _sft_runtime(model_dir: Path, texts: list[str], out: Path, spec: SFTSpec) -> float:
+    """Seconds of `train_sft`'s training loop (the trainer's train_runtime: no loading, tokenizing or saving)."""
+    train_sft(model_dir, [{"text": t} for t in texts], out, spec, 0, log=lambda *_: None)
+    import json
+    return next(e["train_runtime"] for e in json.loads((out / "train_log.json").read_text()) if "train_runtime" in e)
+
+
+def sft(model_dir: Path, tok, passages, work: Path, repeats: int) -> list[tuple]:
+    texts = cpt_documents(passages, None)
+    rows = []
+    for bf16 in (False, True):
+        spec = SFTSpec(epochs=1, lr=7e-5, batch=4, grad_accum=2, max_len=512, cpu_bf16=bf16)
+        tokens = sum(len(tok(t + tok.eos_token)["input_ids"][:512]) for t in texts)
+        kit = min(_sft_runtime(model_dir, texts, work / f"sft-{bf16}-{i}", spec) for i in range(repeats))
+        bare = min(sft_bare(model_dir, texts, spec, 0, bf16) for _ in range(repeats))
+        name = f"SFT {'bf16' if bf16 else 'fp32'}, {len(texts)} passages, batch 4 x 2"
+        rows.append((name, "kit train_sft (trl), its training loop", f"{kit:.1f}", f"{tokens / kit:.0f}",
+                     f"{bare / kit:.2f}"))
+        rows.append((name, "bare PyTorch loop", f"{bare:.1f}", f"{tokens / bare:.0f}", "1.00"))
+        print(rows[-2:], flush=True)
+    return rows
+
+
+def table(header: tuple, rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="smaller workloads (a minute), to check the script")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and passages, to check the script")
+    ap.add_argument("--only", nargs="*", default=["roofline", "decode", "grpo", "sft"])
     args = ap.parse_args()
     torch.manual_seed(0)
     model_dir = Path(resolve("smollm2-135m-instruct"))
     passages = load_passages("train_round1_50")  # source passages: never the test split
-    n = 4 if args.quick else 16
-    questions = [q["question"] for p in passages for q in p["questions"]][:2 * n]
-    mt = load_model(model_dir)
-    tok = mt[1]
-    rows = []
-
-    workloads = [("answers: greedy, 48 new tokens", [QA_PROMPT.format(question=q) for q in questions], 48, 1, 0.0),
-                 ("implications: sampled, 2 × 160 tokens",
-                  [IMPLICATIONS_PROMPT.format(passage=p["context"]) for p in passages[:n]], 160, 2, 1.0)]
-    work = Path(tempfile.mkdtemp(prefix="pastkit-bench-"))
-    try:
-        t0 = time.perf_counter()
-        import ctranslate2
-        ct2_dir = ct2_convert(model_dir, work / "ct2")
-        convert = time.perf_counter() - t0
-        generator = ctranslate2.Generator(str(ct2_dir), device="cpu", intra_threads=torch.get_num_threads())
-        methods = [("pastkit `generate` (64 sequences a batch, by length)", lambda *w: gen_kit(mt, *w)),
-                   ("pastkit `generate` with batch_size=16 (the old default)", lambda *w: gen_kit(mt, *w, batch=16)),
-                   ("bare `model.generate` loop (batch 1)", lambda *w: gen_bare(mt, *w)),
-                   ("CTranslate2 fp32 (16 a batch)", lambda *w: gen_ct2(generator, tok, *w))]
-        for name, *workload in workloads:
-            for method, fn in methods:
-                secs, texts = best(lambda fn=fn, w=workload: fn(*w), args.repeats)
-                tokens = count_new_tokens(tok, texts)
-                extra = f" + {convert:.1f} s conversion per checkpoint" if method.startswith("CTranslate2") else ""
-                rows.append((name, method, f"{len(texts)} sequences, {tokens} tokens", f"{secs:.1f}{extra}",
-                             f"{tokens / secs:.0f}", f"{tokens / (secs + convert):.0f}" if extra else ""))
-                print(rows[-1], flush=True)
-
-        texts = cpt_documents(passages[:n], None)
-        spec = SFTSpec(epochs=1, lr=7e-5, batch=4, grad_accum=2, max_len=512)
-        kit_tokens = sum(len(tok(t + tok.eos_token)["input_ids"][:512]) for t in texts)
-        secs, _ = best(lambda: train_sft(model_dir, [{"text": t} for t in texts], work / "sft" / str(time.time()),
-                                         spec, 0, log=lambda *_: None), args.repeats)
-        rows.append(("SFT: full FT, batch 4 × 2 accumulation", "pastkit `train_sft` (trl SFTTrainer)",
-                     f"{len(texts)} passages, {kit_tokens} tokens", f"{secs:.1f}", f"{kit_tokens / secs:.0f}", ""))
-        print(rows[-1], flush=True)
-        secs, trained = best(lambda: sft_bare(model_dir, texts, spec, 0), args.repeats)
-        rows.append(("", "bare PyTorch loop (AdamW)", f"{trained} tokens", f"{secs:.1f}", f"{trained / secs:.0f}", ""))
-        print(rows[-1], flush=True)
-
-        golds = [q["answer"] for p in passages for q in p["questions"]][:4]
-        g = grpo_step(model_dir, [QA_PROMPT.format(question=q) for q in questions[:4]], golds, work / "grpo")
-        rows.append(("GRPO: one step, group 4, 32 new tokens", "whole step (trl GRPOTrainer)", f"{g['steps']} steps",
-                     f"{g['step']:.2f}", "", ""))
-        rows.append(("", "of which generation (HF generate)", "", f"{g['generation']:.2f}", "", ""))
-        rows.append(("", "of which the rest (reward, log-probs, backward, AdamW)", "",
-                     f"{g['step'] - g['generation']:.2f}", "", ""))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print("\n| workload | method | size | seconds | tokens/s | tokens/s incl. conversion |")
-    print("|---|---|---|---:|---:|---:|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
-    print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__}))
+    questions = [q["question"] for p in passages for q in p["questions"]]
+    golds = [q["answer"] for p in passages for q in p["questions"]]
+    model, tok = load_model(model_dir)
+    out = [f"threads {torch.get_num_threads()}, torch {torch.__version__}"]
+    peaks = roofline(args.repeats)
+    out.append(table(("roofline", "fp32", "bf16"), [
+        (f"matmul GFLOPS, {m} x 576 x 1536", f"{peaks[('float32', m)]:.0f}", f"{peaks[('bfloat16', m)]:.0f}")
+        for m in (2048, 64)] + [("memory read GB/s", f"{peaks['GB/s']:.1f}", "")]))
+    peaks = {("fp32" if k[0] == "float32" else "bf16", k[1]) if isinstance(k, tuple) else k: v
+             for k, v in peaks.items()}
+    with tempfile.TemporaryDirectory(prefix="pastkit-bench-") as work:
+        if "decode" in args.only:
+            out.append(table(("workload", "method", "prefill s", "ms / step", "tokens/s", "of bound"),
+                             decode(model, tok, questions, args.repeats, peaks)))
+        if "grpo" in args.only:
+            out.append(table(("workload", "rollouts by", "step s", "rollout s", "reward s", "rest s", "rollouts/s"),
+                             grpo(model_dir, questions, golds, Path(work), 2 if args.quick else 3)))
+        if "sft" in args.only:
+            out.append(table(("workload", "method", "seconds", "tokens/s", "x bare loop"),
+                             sft(model_dir, tok, passages[:4 if args.quick else 12], Path(work), args.repeats)))
+    print("\n\n".join(out))
 
 
 if __name__ == "__main__":
