@@ -14,6 +14,34 @@ import pandas as pd
 
 LEVEL = 0.95
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+# Student t quantiles by degrees of freedom: 0.975 (two-sided 5 % test) and 0.80 (80 % power); normal beyond 30.
+_T975 = {**_T95, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+         18: 2.101, 19: 2.093, 20: 2.086, 22: 2.074, 24: 2.064, 26: 2.056, 28: 2.048, 30: 2.042}
+_T80 = {1: 1.376, 2: 1.061, 3: 0.978, 4: 0.941, 5: 0.920, 6: 0.906, 7: 0.896, 8: 0.889, 9: 0.883, 10: 0.879,
+        11: 0.876, 12: 0.873, 13: 0.870, 14: 0.868, 15: 0.866, 16: 0.865, 17: 0.863, 18: 0.862, 19: 0.861,
+        20: 0.860, 22: 0.858, 24: 0.857, 26: 0.856, 28: 0.855, 30: 0.854}
+
+
+def _t(table: dict, df: int, normal: float) -> float:
+    """A tabulated t quantile, the next tabulated smaller df (a wider interval) between rows, normal past 30."""
+    if df > 30:
+        return normal
+    return table[max(k for k in table if k <= df)]
+
+
+def minimum_detectable_effect(diffs, groups=None) -> float:
+    """The smallest true mean paired difference a two-sided 5 % test detects with 80 % power, given the spread
+    of these paired differences over documents: (t.975 + t.80, df = documents − 1) × the cluster-robust standard
+    error of their mean. A null result says nothing about effects below it. NaN with fewer than 2 documents."""
+    x = np.asarray(diffs, dtype=float)
+    g = np.arange(len(x)) if groups is None else pd.factorize(np.asarray(groups))[0]
+    docs = int(g.max()) + 1 if len(x) else 0
+    if docs < 2:
+        return float("nan")
+    sums, counts = np.bincount(g, weights=x), np.bincount(g).astype(float)
+    mean = sums.sum() / counts.sum()
+    se = np.sqrt(docs / (docs - 1) * ((sums - mean * counts) ** 2).sum()) / counts.sum()
+    return float((_t(_T975, docs - 1, 1.960) + _t(_T80, docs - 1, 0.8416)) * se)
 
 
 def bootstrap_interval(scores, groups=None, level: float = LEVEL, n_boot: int = 10_000,
@@ -52,8 +80,10 @@ def seed_interval(means) -> tuple[float, float, float]:
 def summarize(answers: pd.DataFrame, baseline: str, metrics: tuple[str, ...] = ("score",),
               by: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per method (within each `by` group): each metric in % with its document interval, the paired
-    difference to `baseline` with its interval, and per-seed means with an interval over seeds, for the metric
-    and for the difference (each seed's difference of means; t-interval, NaN with one seed).
+    difference to `baseline` with its interval, the minimum detectable effect of that comparison (paired, over
+    documents, 80 % power: `mde` for the first metric, the table's headline, `<metric>_mde` for the others; NaN on
+    the baseline's own row), and per-seed means with an interval over seeds, for the metric and for the difference
+    (each seed's difference of means; t-interval, NaN with one seed).
 
     `answers` has a row per (method, seed, item) with columns method, seed, item, document and the metrics.
     """
@@ -65,11 +95,14 @@ def summarize(answers: pd.DataFrame, baseline: str, metrics: tuple[str, ...] = (
             row = dict(zip(by, keys))
             row.update({"method": method, "n_items": df["item"].nunique(), "n_documents": df["document"].nunique(),
                         "seeds": df["seed"].nunique()})
-            for m in metrics:
+            for i, m in enumerate(metrics):
                 per_item = df.groupby("item", sort=False).agg(v=(m, "mean"), document=("document", "first"))
                 mean, lo, hi = bootstrap_interval(per_item["v"], per_item["document"])
                 ref = ref_part.groupby("item", sort=False)[m].mean().reindex(per_item.index)
                 d, dlo, dhi = paired_difference(per_item["v"], ref, per_item["document"])
+                mde = float("nan") if method == baseline else \
+                    minimum_detectable_effect(per_item["v"] - ref, per_item["document"])
+                row["mde" if i == 0 else f"{m}_mde"] = 100 * mde
                 per_seed = df.groupby("seed")[m].mean()
                 _, slo, shi = seed_interval(per_seed)
                 seed_diffs = (per_seed - ref_part.groupby("seed")[m].mean()).dropna()

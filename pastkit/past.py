@@ -485,6 +485,50 @@ def plot_reward_curves(study: Study, caption: str):
     return fig
 
 
+def rl_gate(study: Study) -> pd.DataFrame:
+    """RL's own gate, before any PaST number: what θ_rl learned over θ_init (where RL started) on the source
+    round's questions RL did not train on (the benchmark's `gate_unit`: never an RL prompt, never a test item),
+    closed-book, by the benchmark's judge and its strict metrics. Per seed, round and metric: the paired difference
+    in points with its interval over documents, the minimum detectable effect, and whether it passed (the interval
+    excludes zero, upwards). A round with one document has no interval over documents and cannot pass. A skill
+    vector whose RL did not pass has nothing measurable to transfer."""
+    from .evaluation import minimum_detectable_effect, paired_difference
+
+    rows = []
+    for engine in study.engines:
+        for r in study.rounds[engine.seed]:
+            unit = engine.bench.gate_unit(engine, r.domain)
+            before = engine.answers(engine.model_of(r.init), unit, "held_out")
+            after = engine.answers(engine.model_of(r.rl), unit, "held_out")
+            after = after.set_index("item").loc[before["item"]]
+            for m in [m for m in ("score", "contains", "exact") if m in before]:
+                diff = after[m].to_numpy() - before[m].to_numpy()
+                d, lo, hi = paired_difference(after[m].to_numpy(), before[m].to_numpy(), before["document"])
+                if before["document"].nunique() < 2:  # one cluster: the bootstrap's "interval" is the point itself
+                    lo = hi = float("nan")
+                rows.append({"seed": engine.seed, "round": r.k, "metric": m, "before": 100 * before[m].mean(),
+                             "after": 100 * after[m].mean(), "delta": 100 * d, "lo": 100 * lo, "hi": 100 * hi,
+                             "mde": 100 * minimum_detectable_effect(diff, before["document"]),
+                             "items": len(before), "documents": before["document"].nunique(),
+                             "passed": bool(lo > 0)})
+    return pd.DataFrame(rows).round(2)
+
+
+def gate_verdict(gate: pd.DataFrame) -> str:
+    """The gate in words: which rounds' RL measurably learned on held-out source questions, and what follows."""
+    passed = gate[gate.passed]
+    head = "; ".join(f"seed {g.seed} round {g.round} {g.metric} {g.delta:+.1f} " + (
+        f"[{g.lo:+.1f}, {g.hi:+.1f}] (detectable ±{g.mde:.1f}, {g.documents} documents)" if g.documents > 1 else
+        "(one document: no interval over documents)") for g in gate.itertuples())
+    if passed.empty:
+        return (f"RL's gate fails: on source questions RL did not train on, θ_rl is not measurably better than "
+                f"θ_init in any round ({head}). The PaST comparison below therefore cannot show a transferred "
+                "skill: whatever it finds, RL learned nothing measurable to transfer.")
+    shown = ", ".join(f"seed {g.seed} round {g.round} ({g.metric})" for g in passed.itertuples())
+    return (f"RL's gate passes for {shown}: on held-out source questions θ_rl beats θ_init with an interval "
+            f"above zero ({head}). Read the answers before and after RL to see what the skill is.")
+
+
 def rl_effect(study: Study) -> pd.DataFrame:
     """Did RL move the policy on its source documents? Per seed and round: the benchmark's own scoring of θ_init
     (where RL started) and of θ_rl on every question of the round's source documents, closed-book, with the

@@ -64,12 +64,18 @@ class RLTask:
     describe: dict = field(default_factory=dict)  # what defines the task (prompt template, reward), for stage keys
 
 
+def rl_split(items: list, seed: int, n: int) -> tuple[list, list]:
+    """(the up to `n` items RL trains on, the rest): `items` shuffled by `seed`. The rest is what RL's gate scores,
+    so the two are disjoint by construction."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items[:n], items[n:]
+
+
 def closed_book_task(items: list[dict], prompt: str, judge, seed: int, n: int, **describe) -> RLTask:
     """Closed-book QA as an RL task: up to `n` of `items` ({"question", "answer"}), shuffled by `seed`, asked with
     `prompt` ({question}); the reward is the judge's score of the completion against the answer."""
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    items = items[:n]
+    items, _ = rl_split(items, seed, n)
 
     def judge_reward(prompts, completions, gold, question, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]

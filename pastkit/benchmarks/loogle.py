@@ -406,6 +406,12 @@ class Loogle:
     def target_units(self, p: LoogleParams) -> list[Domain]:
         return [self._domain(p, "test", self.splits(p)["test"])]
 
+    def gate_unit(self, engine: Engine, domain: Domain) -> Domain:
+        """RL's gate: the real LooGLE questions of the round's own source documents. GRPO asks synthetic
+        questions (`rl_task`) and the test documents are other documents, so these are neither RL prompts nor
+        test items."""
+        return Domain(f"{domain.name}, its LooGLE questions", domain.data, f"{domain.key}/gate")
+
     # -- synthetic data (E.2), made by the base model ------------------------------------------------
     def synthetic(self, engine: Engine, domain: Domain) -> dict:
         """Summaries (Table 12) for a domain, its QA chunks, and the QA pairs the base model proposed from them
@@ -602,6 +608,8 @@ def run_table2(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = summarize(answers, baseline=TARGET, metrics=("score", *STRICT_METRICS))
     paper_split = len(bench._docs(p)) >= 105 and bench.splits(p)["test"] == list(range(50)) and p.excerpt_words == 0
     table["paper_reported"] = [PAPER_TABLE2.get(m) if paper_split else None for m in table.method]
+    base = PAPER_TABLE2.get(TARGET) if paper_split else None  # the paper's effect: row − Target SFT
+    table["paper_effect"] = [None if v is None or base is None else v - base for v in table.paper_reported]
     table["judge"], table["model"], table["lam"] = p.judge, p.model, p.lam
     return table, answers
 
@@ -613,6 +621,8 @@ def markdown_table2(table: pd.DataFrame, caption: str) -> str:
                                                 f"{r.score_vs_baseline_ci_high:+.1f}]"
         row = {"method": r.method, f"{judge} % [95% CI over documents]":
                f"{r.score:.1f} [{r.score_ci_low:.1f}, {r.score_ci_high:.1f}]", "vs Target SFT [95% CI]": diff,
+               "detectable (80% power)": "—" if pd.isna(r.mde) else f"±{r.mde:.1f}" + (
+                   "" if r.paper_effect is None or pd.isna(r.paper_effect) else f" (paper's {r.paper_effect:+.1f})"),
                "contains gold %": f"{r.contains:.1f}", "exact match %": f"{r.exact:.1f}",
                "questions / documents": f"{r.n_items} / {r.n_documents}"}
         if r.seeds > 1:

@@ -26,7 +26,7 @@ from ..generation import generate
 from ..judges import STRICT_METRICS
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
-from ..skill_rl import RLTask, closed_book_task
+from ..skill_rl import RLTask, closed_book_task, rl_split
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "squad"
 SOURCE_ROUNDS = ["train_round1_50", "train_round2_50"]  # Appendix D.1: K=2 disjoint rounds of N=50 passages
@@ -222,6 +222,21 @@ class Squad:
         return closed_book_task(questions_of(domain.data["passages"]), QA_PROMPT, engine.judge, engine.seed,
                                 engine.p.rl_prompts)
 
+    def gate_unit(self, engine: Engine, domain: Domain) -> Domain:
+        """The source round's questions that RL did not train on (`rl_split`, as `rl_task` chose): RL's gate."""
+        passages = domain.data["passages"]
+        questions = questions_of(passages)
+        _, rest = rl_split(questions, engine.seed, engine.p.rl_prompts)
+        keep = {(q["title"], q["question"]) for q in rest}
+        held = [{**x, "questions": [q for q in x["questions"] if (x["title"], q["question"]) in keep]}
+                for x in passages]
+        held = [x for x in held if x["questions"]]
+        if not held:
+            raise ValueError(f"{domain.name}: RL trains on all {len(questions)} of its questions, so "
+                             "none is held out for RL's gate; set rl_prompts below the round's number of questions")
+        return Domain(f"{domain.name}, held out from RL", {**domain.data, "passages": held},
+                      f"{domain.key}/held-out/seed-{engine.seed}/rl-{engine.p.rl_prompts}")
+
     def scoring(self, engine: Engine) -> dict:
         return {"prompt": QA_PROMPT, "decoding": "greedy", "max_new_tokens": engine.p.eval_max_new_tokens}
 
@@ -261,6 +276,9 @@ def run_table1(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     shipped = p.target_passages == EVAL_SET
     table["paper_reported"] = [PAPER_TABLE1.get(m, {}).get(r) if shipped else None
                                for m, r in zip(table.method, table.regime)]
+    base = {r: PAPER_TABLE1.get(SYNTH, {}).get(r) for r in table.regime}  # the paper's effect: row − its baseline
+    table["paper_effect"] = [None if v is None or pd.isna(v) or base[r] is None else v - base[r]
+                             for v, r in zip(table.paper_reported, table.regime)]
     table["judge"], table["model"], table["lam"] = p.judge, p.model, p.lam
     return table, answers
 
@@ -274,7 +292,7 @@ def markdown_table1(table: pd.DataFrame, caption: str) -> str:
                                               f"{r.score_vs_baseline_ci_high:+.1f}]"
         row = {"regime": r.regime, "method": r.method, f"{judge} % [95% CI over passages]":
                f"{r.score:.1f} [{r.score_ci_low:.1f}, {r.score_ci_high:.1f}]",
-               "vs + Synthetic [95% CI]": diff,
+               "vs + Synthetic [95% CI]": diff, "detectable (80% power)": _mde_cell(r),
                "contains gold %": f"{r.contains:.1f} [{r.contains_ci_low:.1f}, {r.contains_ci_high:.1f}]",
                "exact match %": f"{r.exact:.1f}", "questions / passages": f"{r.n_items} / {r.n_documents}"}
         if r.seeds > 1:
@@ -283,6 +301,14 @@ def markdown_table1(table: pd.DataFrame, caption: str) -> str:
             row["paper (reported, 7B, LLM judge)"] = "" if pd.isna(r.paper_reported) else f"{r.paper_reported:.1f}"
         rows.append(row)
     return f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n{caption}"
+
+
+def _mde_cell(r) -> str:
+    """The minimum detectable effect of a row's comparison, in points, with the paper's effect beside it."""
+    if pd.isna(r.mde):
+        return "—"
+    paper = getattr(r, "paper_effect", None)
+    return f"±{r.mde:.1f}" + ("" if paper is None or pd.isna(paper) else f" (paper's effect {paper:+.1f})")
 
 
 def plot_table1(table: pd.DataFrame, caption: str):

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import PastParams
-from ..evaluation import bootstrap_interval, paired_difference, verdict
+from ..evaluation import bootstrap_interval, minimum_detectable_effect, paired_difference, verdict
 from ..generation import generate, load_model
 from ..knowledge import BATCHINGS, SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
@@ -493,7 +493,8 @@ def fig3_table(answers: pd.DataFrame) -> pd.DataFrame:
             m, lo, hi = bootstrap_interval(x)
             row.update({f"{name} %": 100 * m, f"{name} low": 100 * lo, f"{name} high": 100 * hi})
         d, lo, hi = paired_difference(s, t)
-        row.update({"PaST − Target SFT": 100 * d, "diff low": 100 * lo, "diff high": 100 * hi})
+        row.update({"PaST − Target SFT": 100 * d, "diff low": 100 * lo, "diff high": 100 * hi,
+                    "mde": 100 * minimum_detectable_effect(s - t)})
         rows.append(row)
     table = pd.DataFrame(rows)
     cats = per_query.pivot_table(index=["category", "document"], columns="method", values="score").reset_index()
@@ -502,10 +503,12 @@ def fig3_table(answers: pd.DataFrame) -> pd.DataFrame:
         avg.update(_category_mean(cats, name))
     diff = cats.assign(diff=cats[PAST] - cats[TARGET])
     d = _category_mean(diff, "diff")
-    avg.update({"PaST − Target SFT": d["diff %"], "diff low": d["diff low"], "diff high": d["diff high"]})
+    avg.update({"PaST − Target SFT": d["diff %"], "diff low": d["diff low"], "diff high": d["diff high"],
+                "mde": 100 * minimum_detectable_effect(diff["diff"])})  # queries pooled over categories
     table = pd.concat([table, pd.DataFrame([avg])], ignore_index=True)
     table["paper Target SFT % (reported, avg)"] = PAPER_FIG3[TARGET]
     table["paper PaST % (reported, avg)"] = PAPER_FIG3[PAST]
+    table["paper_effect"] = PAPER_FIG3[PAST] - PAPER_FIG3[TARGET]
     return table.round(1)
 
 
@@ -526,7 +529,9 @@ def markdown_fig3(table: pd.DataFrame, caption: str) -> str:
                                       f"{r['Target SFT high']:.1f}]",
              "PaST % [95% CI]": f"{r['PaST %']:.1f} [{r['PaST low']:.1f}, {r['PaST high']:.1f}]",
              "PaST − Target SFT [95% CI]": f"{r['PaST − Target SFT']:+.1f} [{r['diff low']:+.1f}, "
-                                           f"{r['diff high']:+.1f}]"} for r in table.to_dict("records")]
+                                           f"{r['diff high']:+.1f}]",
+             "detectable (80% power)": "—" if pd.isna(r["mde"]) else f"±{r['mde']:.1f}"}
+            for r in table.to_dict("records")]
     return (f"{pd.DataFrame(rows).to_markdown(index=False)}\n\nPaper (reported, Qwen2.5-7B, PPO, GPT-4.1 judge, 20 "
             f"categories): Target SFT {PAPER_FIG3[TARGET]} %, PaST {PAPER_FIG3[PAST]} % on average.\n\n{caption}")
 

@@ -1,0 +1,84 @@
+"""RL's gate: scored on source questions RL never trained on and no test item, and a run whose reward never varies
+fails it."""
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from test_engine import DOCS, Toy, ToyParams
+
+from pastkit.benchmarks.squad import Squad, SquadParams, questions_of
+from pastkit.judges import TokenF1Judge
+from pastkit.past import Domain, Study, gate_verdict, rl_gate
+from pastkit.skill_rl import RLTask, rl_split
+
+
+def test_rl_split_is_a_partition():
+    items = list(range(34))
+    chosen, rest = rl_split(items, seed=3, n=24)
+    assert len(chosen) == 24 and not set(chosen) & set(rest) and sorted(chosen + rest) == items
+    assert rl_split(items, 3, 24) == (chosen, rest)  # the same seed, the same split
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_squads_held_out_questions_are_never_rl_prompts_or_test_items(seed):
+    p = SquadParams(rl_prompts=20)
+    engine = SimpleNamespace(seed=seed, p=p, judge=TokenF1Judge())
+    bench = Squad()
+    for domain in bench.source_rounds(p):
+        prompts = set(bench.rl_task(engine, domain).columns["question"])
+        held = {q["question"] for q in questions_of(bench.gate_unit(engine, domain).data["passages"])}
+        every = {q["question"] for q in questions_of(domain.data["passages"])}
+        assert held and not held & prompts and held | prompts == every
+        tests = {q["question"] for regime in ("cpt", "single") for unit in bench.target_units(p, regime)
+                 for q in questions_of(unit.data["passages"])}
+        assert not held & tests
+
+
+def test_every_question_an_rl_prompt_leaves_no_gate_and_says_so():
+    p = SquadParams(rl_prompts=10_000)
+    engine = SimpleNamespace(seed=0, p=p, judge=TokenF1Judge())
+    with pytest.raises(ValueError, match="none is held out for RL's gate"):
+        Squad().gate_unit(engine, Squad().source_rounds(p)[0])
+
+
+class HeldOutToy(Toy):
+    """The toy benchmark with a held-out unit of its own, and a reward that never varies."""
+
+    def rl_task(self, engine, domain):
+        return RLTask([f"Tell me about: {d}" for d in domain.data], [lambda prompts, completions, **_: [0.5] *
+                                                                     len(completions)], describe={"reward": "0.5"})
+
+    def gate_unit(self, engine, domain):
+        return Domain(f"{domain.name} held out", DOCS["target"], f"{domain.key}/held-out")
+
+
+def test_rl_whose_reward_never_varies_fails_the_gate(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+    study = Study.run(HeldOutToy(), ToyParams(rounds=1, rl_beta=0.0), log=lambda *_: None)
+    gate = rl_gate(study)
+    assert list(gate.metric) == ["score"] and not gate.passed.any()
+    assert (gate.delta == 0).all() and (gate[["lo", "hi"]] == 0).all().all()
+    assert {"metric", "delta", "lo", "hi", "documents", "mde"} <= set(gate.columns)
+    assert "RL's gate fails" in gate_verdict(gate) and "cannot show a transferred skill" in gate_verdict(gate)
+    assert any("never varied" in f for f in study.flags)
+
+
+def test_a_gate_whose_interval_is_above_zero_passes():
+    gate = pd.DataFrame([{"seed": 0, "round": 1, "metric": "score", "delta": 6.0, "lo": 1.5, "hi": 10.0, "mde": 5.0,
+                          "documents": 12, "passed": True}])
+    assert gate_verdict(gate).startswith("RL's gate passes for seed 0 round 1 (score)")
+
+
+def test_a_round_of_one_document_has_no_interval_and_cannot_pass(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+
+    class OneDocument(HeldOutToy):
+        def score(self, engine, model, unit, split):
+            return super().score(engine, model, unit, split).assign(document=0)
+
+    study = Study.run(OneDocument(), ToyParams(rounds=1, rl_beta=0.0), log=lambda *_: None)
+    gate = rl_gate(study)
+    assert gate.lo.isna().all() and not gate.passed.any() and "one document: no interval" in gate_verdict(gate)
