@@ -32,7 +32,9 @@ def _t(table: dict, df: int, normal: float) -> float:
 def minimum_detectable_effect(diffs, groups=None) -> float:
     """The smallest true mean paired difference a two-sided 5 % test detects with 80 % power, given the spread
     of these paired differences over documents: (t.975 + t.80, df = documents − 1) × the cluster-robust standard
-    error of their mean. A null result says nothing about effects below it. NaN with fewer than 2 documents."""
+    error of their mean. A null result says nothing about effects below it. NaN with fewer than 2 documents, and
+    where every document's differences sum to the same multiple of its size (no spread to estimate it from, e.g. a
+    metric both models score 0 on everywhere): "detectable ±0" would claim a precision the data does not have."""
     x = np.asarray(diffs, dtype=float)
     g = np.arange(len(x)) if groups is None else pd.factorize(np.asarray(groups))[0]
     docs = int(g.max()) + 1 if len(x) else 0
@@ -41,6 +43,8 @@ def minimum_detectable_effect(diffs, groups=None) -> float:
     sums, counts = np.bincount(g, weights=x), np.bincount(g).astype(float)
     mean = sums.sum() / counts.sum()
     se = np.sqrt(docs / (docs - 1) * ((sums - mean * counts) ** 2).sum()) / counts.sum()
+    if not se > 0:
+        return float("nan")
     return float((_t(_T975, docs - 1, 1.960) + _t(_T80, docs - 1, 0.8416)) * se)
 
 

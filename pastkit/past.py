@@ -490,14 +490,19 @@ def rl_gate(study: Study) -> pd.DataFrame:
     round's questions RL did not train on (the benchmark's `gate_unit`: never an RL prompt, never a test item),
     closed-book, by the benchmark's judge and its strict metrics. Per seed, round and metric: the paired difference
     in points with its interval over documents, the minimum detectable effect, and whether it passed (the interval
-    excludes zero, upwards). A round with one document has no interval over documents and cannot pass. A skill
-    vector whose RL did not pass has nothing measurable to transfer."""
+    excludes zero, upwards). A round with one document has no interval over documents and cannot pass; a round
+    whose RL trained on every source question (the benchmark's `gate_unit` is None) has no gate and a row that
+    says so. A skill vector whose RL did not pass has nothing measurable to transfer."""
     from .evaluation import minimum_detectable_effect, paired_difference
 
     rows = []
     for engine in study.engines:
         for r in study.rounds[engine.seed]:
             unit = engine.bench.gate_unit(engine, r.domain)
+            if unit is None:
+                rows.append({"seed": engine.seed, "round": r.k, "metric": "none held out", "items": 0,
+                             "documents": 0, "passed": False})
+                continue
             before = engine.answers(engine.model_of(r.init), unit, "held_out")
             after = engine.answers(engine.model_of(r.rl), unit, "held_out")
             after = after.set_index("item").loc[before["item"]]
@@ -517,9 +522,15 @@ def rl_gate(study: Study) -> pd.DataFrame:
 def gate_verdict(gate: pd.DataFrame) -> str:
     """The gate in words: which rounds' RL measurably learned on held-out source questions, and what follows."""
     passed = gate[gate.passed]
-    head = "; ".join(f"seed {g.seed} round {g.round} {g.metric} {g.delta:+.1f} " + (
-        f"[{g.lo:+.1f}, {g.hi:+.1f}] (detectable ±{g.mde:.1f}, {g.documents} documents)" if g.documents > 1 else
-        "(one document: no interval over documents)") for g in gate.itertuples())
+
+    def said(g) -> str:
+        if not g.items:
+            return f"seed {g.seed} round {g.round}: no gate (RL trained on every source question of the round)"
+        return f"seed {g.seed} round {g.round} {g.metric} {g.delta:+.1f} " + (
+            f"[{g.lo:+.1f}, {g.hi:+.1f}] ({_detectable(g.mde)}, {g.documents} documents)" if g.documents > 1
+            else "(one document: no interval over documents)")
+
+    head = "; ".join(said(g) for g in gate.itertuples())
     if passed.empty:
         return (f"RL's gate fails: on source questions RL did not train on, θ_rl is not measurably better than "
                 f"θ_init in any round ({head}). The PaST comparison below therefore cannot show a transferred "
@@ -527,6 +538,10 @@ def gate_verdict(gate: pd.DataFrame) -> str:
     shown = ", ".join(f"seed {g.seed} round {g.round} ({g.metric})" for g in passed.itertuples())
     return (f"RL's gate passes for {shown}: on held-out source questions θ_rl beats θ_init with an interval "
             f"above zero ({head}). Read the answers before and after RL to see what the skill is.")
+
+
+def _detectable(mde: float) -> str:
+    return "no spread to estimate a detectable effect from" if pd.isna(mde) else f"detectable ±{mde:.1f}"
 
 
 def rl_effect(study: Study) -> pd.DataFrame:

@@ -132,7 +132,7 @@ def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
     return _read_back(name, key, path, log)
 
 
-_COMPUTE: dict = {"file": None, "depth": 0}  # this process's hold on the compute lock (re-entrant)
+_COMPUTE = {"depth": 0}  # how deep this process is in `compute_slot` (re-entrant)
 
 
 @contextlib.contextmanager

@@ -38,8 +38,11 @@ def test_squads_held_out_questions_are_never_rl_prompts_or_test_items(seed):
 def test_every_question_an_rl_prompt_leaves_no_gate_and_says_so():
     p = SquadParams(rl_prompts=10_000)
     engine = SimpleNamespace(seed=0, p=p, judge=TokenF1Judge())
-    with pytest.raises(ValueError, match="none is held out for RL's gate"):
-        Squad().gate_unit(engine, Squad().source_rounds(p)[0])
+    assert Squad().gate_unit(engine, Squad().source_rounds(p)[0]) is None
+    gate = pd.DataFrame([{"seed": 0, "round": 2, "metric": "none held out", "items": 0, "documents": 0,
+                          "passed": False}])
+    assert "round 2: no gate (RL trained on every source question" in gate_verdict(gate)
+    assert "RL's gate fails" in gate_verdict(gate)
 
 
 class HeldOutToy(Toy):
@@ -67,7 +70,7 @@ def test_rl_whose_reward_never_varies_fails_the_gate(tmp_path, monkeypatch):
 
 def test_a_gate_whose_interval_is_above_zero_passes():
     gate = pd.DataFrame([{"seed": 0, "round": 1, "metric": "score", "delta": 6.0, "lo": 1.5, "hi": 10.0, "mde": 5.0,
-                          "documents": 12, "passed": True}])
+                          "items": 40, "documents": 12, "passed": True}])
     assert gate_verdict(gate).startswith("RL's gate passes for seed 0 round 1 (score)")
 
 
@@ -82,3 +85,15 @@ def test_a_round_of_one_document_has_no_interval_and_cannot_pass(tmp_path, monke
     study = Study.run(OneDocument(), ToyParams(rounds=1, rl_beta=0.0), log=lambda *_: None)
     gate = rl_gate(study)
     assert gate.lo.isna().all() and not gate.passed.any() and "one document: no interval" in gate_verdict(gate)
+
+
+def test_a_round_with_nothing_held_out_is_a_row_of_the_gate_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+
+    class NothingHeldOut(HeldOutToy):
+        def gate_unit(self, engine, domain):
+            return None
+
+    gate = rl_gate(Study.run(NothingHeldOut(), ToyParams(rounds=1, rl_beta=0.0), log=lambda *_: None))
+    assert list(gate.metric) == ["none held out"] and gate["items"].tolist() == [0] and not gate.passed.any()

@@ -20,8 +20,9 @@ def test_mde_resamples_documents_not_items():
     assert clustered > minimum_detectable_effect(np.repeat(per_doc, 5))  # as if the 50 items were independent
 
 
-def test_mde_is_undefined_below_two_documents():
+def test_mde_is_undefined_below_two_documents_or_without_spread():
     assert np.isnan(minimum_detectable_effect([0.1, 0.2], ["a", "a"]))
+    assert np.isnan(minimum_detectable_effect([0.0] * 12, np.repeat(range(4), 3)))  # both models 0 everywhere
 
 
 def test_an_effect_the_size_of_the_mde_is_detected_about_80_percent_of_the_time():

@@ -222,18 +222,17 @@ class Squad:
         return closed_book_task(questions_of(domain.data["passages"]), QA_PROMPT, engine.judge, engine.seed,
                                 engine.p.rl_prompts)
 
-    def gate_unit(self, engine: Engine, domain: Domain) -> Domain:
-        """The source round's questions that RL did not train on (`rl_split`, as `rl_task` chose): RL's gate."""
+    def gate_unit(self, engine: Engine, domain: Domain) -> Domain | None:
+        """The source round's questions that RL did not train on (`rl_split`, as `rl_task` chose): RL's gate.
+        None when RL trains on every question of the round (`rl_prompts` at least the round's questions)."""
         passages = domain.data["passages"]
-        questions = questions_of(passages)
-        _, rest = rl_split(questions, engine.seed, engine.p.rl_prompts)
+        _, rest = rl_split(questions_of(passages), engine.seed, engine.p.rl_prompts)
         keep = {(q["title"], q["question"]) for q in rest}
         held = [{**x, "questions": [q for q in x["questions"] if (x["title"], q["question"]) in keep]}
                 for x in passages]
         held = [x for x in held if x["questions"]]
         if not held:
-            raise ValueError(f"{domain.name}: RL trains on all {len(questions)} of its questions, so "
-                             "none is held out for RL's gate; set rl_prompts below the round's number of questions")
+            return None
         return Domain(f"{domain.name}, held out from RL", {**domain.data, "passages": held},
                       f"{domain.key}/held-out/seed-{engine.seed}/rl-{engine.p.rl_prompts}")
 
