@@ -97,15 +97,19 @@ class PastParams:
         """Build from a notebook's globals (the parameters cell plus papermill's injected values), and check
         the input files and the results folder, so a bad value or file stops the notebook before its first stage.
 
-        A value papermill injected for a name the notebook does not declare (`-p n_sorce 3`) is refused here:
-        papermill itself only logs it and runs on with the default."""
+        A value papermill injected for a name that no notebook declares (`-p n_sorce 3`) is refused here, as
+        `pastkit run` refuses it: papermill itself only logs it and runs on with the default. A name another
+        notebook declares passes (a profile serves every notebook: `-f params/smoke.yaml`)."""
+        from .driver import NOTEBOOKS  # the notebooks and their parameters classes (imports this module)
         from .report import results_folder
 
+        known = set().union(*(c.names() for c in NOTEBOOKS.values()))
         for name in injected_names(namespace):
-            if name not in cls.names():
-                near = difflib.get_close_matches(name, sorted(cls.names()), n=1)
-                raise ValueError(f"parameter {name!r} is not one this notebook declares"
-                                 f"{f'; did you mean {near[0]!r}?' if near else ''} (its parameters: "
+            if name not in known:
+                near = difflib.get_close_matches(name, sorted(cls.names()), n=1) or \
+                    difflib.get_close_matches(name, sorted(known), n=1)
+                raise ValueError(f"parameter {name!r} is declared by no notebook"
+                                 f"{f'; did you mean {near[0]!r}?' if near else ''} (this notebook's parameters: "
                                  f"{', '.join(sorted(cls.names()))})")
         params = cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
         params.check_inputs()

@@ -293,9 +293,12 @@ def test_a_misspelt_notebook_parameter_is_refused_before_any_work():
     from pastkit.benchmarks.squad import SquadParams
 
     history = ["import pastkit", 'profile = "cpu"\nrl_prompts = 24\n', "# Parameters\nn_sorce = 3\nrounds = 1\n"]
-    with pytest.raises(ValueError, match="'n_sorce' is not one this notebook declares; did you mean 'n_source'"):
+    with pytest.raises(ValueError, match="'n_sorce' is declared by no notebook; did you mean 'n_source'"):
         SquadParams.collect({"In": history, "rounds": 1, "n_sorce": 3})
     assert SquadParams.collect({"In": history[:2] + ["# Parameters\nrounds = 1\n"], "rounds": 1}).rounds == 1
+    # a key another notebook declares passes, as with `-f params/smoke.yaml` (LooGLE's excerpt_words in 02)
+    shared = history[:2] + ["# Parameters\nrounds = 1\nexcerpt_words = 50\n"]
+    assert SquadParams.collect({"In": shared, "rounds": 1, "excerpt_words": 50}).rounds == 1
 
 
 # ---- tracebacks instead of messages -------------------------------------------------------------------------
