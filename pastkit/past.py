@@ -485,12 +485,22 @@ def plot_reward_curves(study: Study, caption: str):
     return fig
 
 
+GATE_DOCUMENTS = 5  # the fewest documents over which RL's gate can pass
+
+
+def gate_passes(low: float, documents: int) -> bool:
+    """RL's gate passes where the paired difference's interval lies above zero over enough documents."""
+    return bool(low > 0) and documents >= GATE_DOCUMENTS
+
+
 def rl_gate(study: Study) -> pd.DataFrame:
     """RL's own gate, before any PaST number: what θ_rl learned over θ_init (where RL started) on the source
     round's questions RL did not train on (the benchmark's `gate_unit`: never an RL prompt, never a test item),
     closed-book, by the benchmark's judge and its strict metrics. Per seed, round and metric: the paired difference
     in points with its interval over documents, the minimum detectable effect, and whether it passed (the interval
-    excludes zero, upwards). A round with one document has no interval over documents and cannot pass; a round
+    excludes zero, upwards, over at least `GATE_DOCUMENTS` documents: a percentile bootstrap over two to four
+    clusters has a handful of distinct resamples, and its interval is narrower than the truth). A round with one
+    document has no interval over documents; a round
     whose RL trained on every source question (the benchmark's `gate_unit` is None) has no gate and a row that
     says so. A skill vector whose RL did not pass has nothing measurable to transfer."""
     from .evaluation import minimum_detectable_effect, paired_difference
@@ -515,7 +525,7 @@ def rl_gate(study: Study) -> pd.DataFrame:
                              "after": 100 * after[m].mean(), "delta": 100 * d, "lo": 100 * lo, "hi": 100 * hi,
                              "mde": 100 * minimum_detectable_effect(diff, before["document"]),
                              "items": len(before), "documents": before["document"].nunique(),
-                             "passed": bool(lo > 0)})
+                             "passed": gate_passes(lo, before["document"].nunique())})
     return pd.DataFrame(rows).round(2)
 
 
@@ -526,8 +536,9 @@ def gate_verdict(gate: pd.DataFrame) -> str:
     def said(g) -> str:
         if not g.items:
             return f"seed {g.seed} round {g.round}: no gate (RL trained on every source question of the round)"
+        few = f"; too few to pass, {GATE_DOCUMENTS} needed" if 1 < g.documents < GATE_DOCUMENTS else ""
         return f"seed {g.seed} round {g.round} {g.metric} {g.delta:+.1f} " + (
-            f"[{g.lo:+.1f}, {g.hi:+.1f}] ({_detectable(g.mde)}, {g.documents} documents)" if g.documents > 1
+            f"[{g.lo:+.1f}, {g.hi:+.1f}] ({_detectable(g.mde)}, {g.documents} documents{few})" if g.documents > 1
             else "(one document: no interval over documents)")
 
     head = "; ".join(said(g) for g in gate.itertuples())

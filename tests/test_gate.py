@@ -97,3 +97,13 @@ def test_a_round_with_nothing_held_out_is_a_row_of_the_gate_not_a_crash(tmp_path
 
     gate = rl_gate(Study.run(NothingHeldOut(), ToyParams(rounds=1, rl_beta=0.0), log=lambda *_: None))
     assert list(gate.metric) == ["none held out"] and gate["items"].tolist() == [0] and not gate.passed.any()
+
+
+def test_an_interval_above_zero_over_too_few_documents_does_not_pass():
+    """Over three documents a bootstrap interval above zero is no evidence (a handful of distinct resamples)."""
+    from pastkit.past import GATE_DOCUMENTS, gate_passes
+
+    assert GATE_DOCUMENTS == 5 and gate_passes(10.0, 5) and not gate_passes(10.0, 3) and not gate_passes(0.0, 12)
+    gate = pd.DataFrame([{"seed": 0, "round": 1, "metric": "score", "delta": 24.5, "lo": 10.0, "hi": 42.9, "mde": 58.9,
+                          "items": 4, "documents": 3, "passed": gate_passes(10.0, 3)}])
+    assert "3 documents; too few to pass, 5 needed" in gate_verdict(gate) and "RL's gate fails" in gate_verdict(gate)
