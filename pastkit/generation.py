@@ -66,8 +66,6 @@ def generate(model_dir, prompts: list[str], max_new_tokens: int, samples: int = 
     texts = [chat_text(tok, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False)["input_ids"]))
     per_batch = max(1, batch_size // samples)
-    kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) \
-        if temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     out: dict[int, list[str]] = {}
     for i in tqdm(range(0, len(order), per_batch), desc=desc, unit="batch", leave=False, disable=not interactive()):
         idx = order[i:i + per_batch]
@@ -78,6 +76,8 @@ def generate(model_dir, prompts: list[str], max_new_tokens: int, samples: int = 
                                    temperature=temperature or 1.0, top_p=top_p, top_k=top_k,
                                    num_return_sequences=samples)
         else:
+            kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) \
+                if temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
             with torch.no_grad(), autocast(cpu_bf16):
                 ids = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=samples,
                                      pad_token_id=tok.pad_token_id, **kwargs)
