@@ -25,8 +25,8 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken")  # what loading a model reads
-_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256, this process
+MODEL_FILE_SUFFIXES = tuple(p.removeprefix("*") for p in HUB_FILES)  # the files loading a model reads
+_DIGESTS: dict[str, str] = {}  # "path|size|mtime_ns" -> sha256, this process
 
 
 def cache_dir() -> Path:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import TensorSource, check_finite
 from .outputs import OutputError, atomic_output, check_separate
-from .skill_vector import open_delta
+from .skill_vector import inputs_of, open_delta
 from .training import interactive
 
 # Column order of the heatmap: attention, MLP, then the two per-layer norms (Llama/Qwen naming).
@@ -53,7 +53,7 @@ def cosine_table(delta_a: TensorSource, delta_b: TensorSource) -> pd.DataFrame:
         if a.shape != b.shape:
             raise ValueError(f"tensor {name!r}: delta shapes differ, {tuple(a.shape)} in A vs {tuple(b.shape)} in B")
         for side, t, src in (("A", a, delta_a), ("B", b, delta_b)):
-            check_finite(name, t, src.inputs() if hasattr(src, "inputs") else [src], f"delta {side}")
+            check_finite(name, t, inputs_of(src), f"delta {side}")
         dot = (a * b).sum(dtype=torch.float64).item()
         na = a.pow(2).sum(dtype=torch.float64).sqrt().item()
         nb = b.pow(2).sum(dtype=torch.float64).sqrt().item()

@@ -134,7 +134,7 @@ class LinearCombination:
 
     def inputs(self) -> list:
         """The checkpoints this combination reads, to name the culprit when a result is non-finite."""
-        return [s for _, src in self.terms for s in _inputs(src)]
+        return [s for _, src in self.terms for s in inputs_of(src)]
 
 
 class DenseWithAdapter:
@@ -204,14 +204,15 @@ def open_delta(path, base=None, vocab: str = "error") -> TensorSource:
                              labels=["model", "base"])
 
 
-def _inputs(source) -> list:
+def inputs_of(source) -> list:
+    """The checkpoints a tensor source reads (a combination's terms, or the source itself), to name a file at fault."""
     return source.inputs() if hasattr(source, "inputs") else [source]
 
 
 def _paths(source) -> list[Path]:
     """Every file or dir a tensor source reads: what an output must stay apart from."""
     out = []
-    for s in _inputs(source):
+    for s in inputs_of(source):
         out.append(Path(s.path))
         if isinstance(s, DenseWithAdapter):
             out.append(Path(s.base.path))
@@ -256,7 +257,7 @@ class RandomLike:
         return r * (ref.norm() / r.norm()) if r.norm() > 0 else r
 
     def inputs(self) -> list:
-        return _inputs(self.source)
+        return inputs_of(self.source)
 
 
 MODULE_GROUPS = ("attention", "mlp", "rest")
@@ -288,7 +289,7 @@ class GroupScaled:
         return self.source.get(name).float() * self.scales[module_group(name)]
 
     def inputs(self) -> list:
-        return _inputs(self.source)
+        return inputs_of(self.source)
 
 
 class SkillVector:
@@ -400,7 +401,7 @@ class SkillVector:
 
         def produce(name):
             bar.update()
-            t = check_finite(name, self.get(name).to(dtype), _inputs(self.source))
+            t = check_finite(name, self.get(name).to(dtype), inputs_of(self.source))
             sq[0] += t.double().pow(2).sum().item()
             return t
 
@@ -474,7 +475,7 @@ def inject(model, vector: SkillVector | str | os.PathLike, out, lam: float = 1.0
             return check_finite(name, w, [target])
         delta = v.get(name)
         changed[0] = changed[0] or bool(delta.any())
-        return check_finite(name, add_scaled_(w, delta, lam), [target] + _inputs(v.source),
+        return check_finite(name, add_scaled_(w, delta, lam), [target] + inputs_of(v.source),
                             f"θ + λ·v with λ = {lam:g}")
 
     src_dir = Path(target.base.path if isinstance(target, DenseWithAdapter) else target.path)
