@@ -56,8 +56,9 @@ def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | Non
     params = {n: {k: v for k, v in values.items() if k in declared[n]} for n in names}
     with _reference(reference):
         for n in names:  # a bad value or input file stops the run before any notebook starts
-            NOTEBOOKS[n](**params[n]).check_inputs()
-            results_folder(NOTEBOOKS[n](**params[n]))
+            checked = NOTEBOOKS[n](**params[n])
+            checked.check_inputs()
+            results_folder(checked)
         return _execute(names, params, label, Path(out_dir or ROOT / "executed" / label), log)
 
 

@@ -500,9 +500,9 @@ def rl_gate(study: Study) -> pd.DataFrame:
     in points with its interval over documents, the minimum detectable effect, and whether it passed (the interval
     excludes zero, upwards, over at least `GATE_DOCUMENTS` documents: a percentile bootstrap over two to four
     clusters has a handful of distinct resamples, and its interval is narrower than the truth). A round with one
-    document has no interval over documents; a round
-    whose RL trained on every source question (the benchmark's `gate_unit` is None) has no gate and a row that
-    says so. A skill vector whose RL did not pass has nothing measurable to transfer."""
+    document has no interval over documents; a round whose RL trained on every source question (the benchmark's
+    `gate_unit` is None) has no gate and a row that says so. A skill vector whose RL did not pass has nothing
+    measurable to transfer."""
     from .evaluation import minimum_detectable_effect, paired_difference
 
     rows = []
@@ -516,16 +516,16 @@ def rl_gate(study: Study) -> pd.DataFrame:
             before = engine.answers(engine.model_of(r.init), unit, "held_out")
             after = engine.answers(engine.model_of(r.rl), unit, "held_out")
             after = after.set_index("item").loc[before["item"]]
+            documents = before["document"].nunique()
             for m in [m for m in ("score", "contains", "exact") if m in before]:
                 diff = after[m].to_numpy() - before[m].to_numpy()
                 d, lo, hi = paired_difference(after[m].to_numpy(), before[m].to_numpy(), before["document"])
-                if before["document"].nunique() < 2:  # one cluster: the bootstrap's "interval" is the point itself
+                if documents < 2:  # one cluster: the bootstrap's "interval" is the point itself
                     lo = hi = float("nan")
                 rows.append({"seed": engine.seed, "round": r.k, "metric": m, "before": 100 * before[m].mean(),
                              "after": 100 * after[m].mean(), "delta": 100 * d, "lo": 100 * lo, "hi": 100 * hi,
                              "mde": 100 * minimum_detectable_effect(diff, before["document"]),
-                             "items": len(before), "documents": before["document"].nunique(),
-                             "passed": gate_passes(lo, before["document"].nunique())})
+                             "items": len(before), "documents": documents, "passed": gate_passes(lo, documents)})
     return pd.DataFrame(rows).round(2)
 
 
