@@ -6,7 +6,7 @@
     PASTKIT_RUNS=... .venv/bin/python bench/toolbench_settings.py --precision # fp32 or bf16 autocast
 
 Each variant of the Stage 2 (ReAct alignment) settings is trained on the source category's validation unit
-(`Toolbench.validation_unit`: the held-out Movies queries listing the fewest APIs, with the same two SFT stages
+(`Toolbench.validation`: the held-out Movies queries listing the fewest APIs, with the same two SFT stages
 a target category gets) and scored as a target is: closed-book episodes (success = the solution reward), what
 the turns were, and how many of the APIs' required parameters the model still names (the knowledge Stage 1
 taught and Stage 2 can erase). Stages are cached in the runs folder ($PASTKIT_RUNS), so variants share Stage 1.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .benchmarks.squad import SquadParams, _domain, load_passages
+from .benchmarks.squad import SquadParams, load_passages, passage_domain
 from .config import PastParams, load_profile
 from .evaluation import paired_difference, summarize, verdict
 from .judges import STRICT_METRICS
@@ -66,7 +66,7 @@ class SquadAblationParams(SquadParams):
 def squad_validation(p: SquadAblationParams) -> Domain:
     """The last n_val passages of the SQuAD target file, all at once (CPT regime): where λ is chosen."""
     passages = [{**x, "pid": i} for i, x in enumerate(load_passages(p.target_passages))]
-    return _domain("validation", passages[len(passages) - p.n_val:], "cpt")
+    return passage_domain("validation", passages[len(passages) - p.n_val:], "cpt")
 
 
 def transfer_strategies(engine: Engine, unit: Domain, source: Round) -> pd.DataFrame:

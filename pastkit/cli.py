@@ -104,7 +104,7 @@ def _stages(args) -> None:
     import time
     from collections import Counter, defaultdict
 
-    from .report import runs_dir
+    from .places import runs_dir
     from .stages import built_on, cached_stages, describe_machine, prune
 
     def gb(stages) -> str:

@@ -2,7 +2,7 @@
 
 A notebook's `parameters` cell holds plain literals (the cpu profile's values, which are the defaults);
 papermill overrides them (`-p rounds 2`, or `-f params/smoke.yaml`); the next cell calls
-`<Benchmark>Params.collect(globals())`, which refuses wrong types and bad values and opens every input file,
+`driver.collect("<notebook>", globals())`, which refuses wrong types and bad values and opens every input file,
 so nothing trains before the whole configuration is known to be good. Profiles in params/ hold only the
 values that differ from the defaults. Every default's origin (paper section/table, or a CPU-scale choice) is
 in its comment.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -93,30 +93,6 @@ class PastParams:
         """Open and validate every input file the run will read (benchmarks add theirs)."""
 
     @classmethod
-    def collect(cls, namespace: dict):
-        """Build from a notebook's globals (the parameters cell plus papermill's injected values), and check
-        the input files and the results folder, so a bad value or file stops the notebook before its first stage.
-
-        A value papermill injected for a name that no notebook declares (`-p n_sorce 3`) is refused here, as
-        `pastkit run` refuses it: papermill itself only logs it and runs on with the default. A name another
-        notebook declares passes (a profile serves every notebook: `-f params/smoke.yaml`)."""
-        from .driver import NOTEBOOKS  # the notebooks and their parameters classes (imports this module)
-        from .report import results_folder
-
-        known = set().union(*(c.names() for c in NOTEBOOKS.values()))
-        for name in injected_names(namespace):
-            if name not in known:
-                near = difflib.get_close_matches(name, sorted(cls.names()), n=1) or \
-                    difflib.get_close_matches(name, sorted(known), n=1)
-                raise ValueError(f"parameter {name!r} is declared by no notebook"
-                                 f"{f'; did you mean {near[0]!r}?' if near else ''} (this notebook's parameters: "
-                                 f"{', '.join(sorted(cls.names()))})")
-        params = cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
-        params.check_inputs()
-        results_folder(params)
-        return params
-
-    @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
@@ -140,6 +116,30 @@ class PastParams:
         return (f"{self.model} · λ = {self.lam:g} · {self.rounds} round{'s' * (self.rounds > 1)} · "
                 f"seed{'s' * (len(self.seeds) > 1)} {seeds} · judge {self.judge} · profile {self.profile}"
                 f"{' · bf16 training' * self.cpu_bf16}")
+
+
+_FIELD_LINE = re.compile(r"^    (\w+): ([\w\[\], |]+?) = .+?(?:\s+# (.*))?$")
+
+
+def parameters_cell(cls) -> str:
+    """A notebook's `parameters` cell for a parameters class: every field as `name: type = default  # comment`,
+    typed so that `papermill --help-notebook` describes it, with the comment the dataclass gives it. The defaults
+    are stated once, in the dataclass; the notebooks' cells are written from it (`python -m pastkit.driver
+    --write-parameters`) and a test holds them equal."""
+    said = {}
+    for klass in reversed(cls.__mro__):  # a subclass's own definition of a field wins
+        if dataclasses.is_dataclass(klass):
+            for line in inspect.getsource(klass).splitlines():
+                m = _FIELD_LINE.match(line)
+                if m and m.group(1) in cls.names():
+                    said[m.group(1)] = (m.group(2), m.group(3))
+    lines = []
+    for f in dataclasses.fields(cls):
+        kind, comment = said[f.name]
+        value = getattr(cls(), f.name)
+        literal = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+        lines.append(f"{f.name}: {kind} = {literal}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines)
 
 
 def injected_names(namespace: dict) -> list[str]:

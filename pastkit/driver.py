@@ -9,6 +9,7 @@ the cpu profile; `make figures`) writes into figures/; any other run writes to i
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import time
 from pathlib import Path
@@ -17,13 +18,36 @@ from .ablations import SquadAblationParams
 from .benchmarks.loogle import LoogleParams
 from .benchmarks.squad import SquadParams
 from .benchmarks.toolbench import ToolbenchParams
-from .config import load_profile
-from .report import FIGURES, REFERENCE_RUN, ROOT, results_folder
+from .config import injected_names, load_profile, parameters_cell
+from .places import FIGURES, REFERENCE_RUN, ROOT, results_folder
 
 # The notebooks in order, each with the parameters class its `parameters` cell declares.
 NOTEBOOKS = {"01_orthogonality": SquadParams, "02_squad": SquadParams, "03_loogle": LoogleParams,
              "04_toolbench": ToolbenchParams, "05_ablations": SquadAblationParams}
 REFERENCE_PROFILE = "cpu"
+
+
+def collect(notebook: str, namespace: dict):
+    """The notebook's parameters from its globals (the parameters cell plus papermill's injected values), with
+    the input files and the results folder checked, so a bad value or file stops the notebook before its first
+    stage.
+
+    A value papermill injected for a name that no notebook declares (`-p n_sorce 3`) is refused here, as
+    `pastkit run` refuses it: papermill itself only logs it and runs on with the default. A name another
+    notebook declares passes (a profile serves every notebook: `-f params/smoke.yaml`)."""
+    cls = NOTEBOOKS[notebook]
+    known = set().union(*(c.names() for c in NOTEBOOKS.values()))
+    for name in injected_names(namespace):
+        if name not in known:
+            near = difflib.get_close_matches(name, sorted(cls.names()), n=1) or \
+                difflib.get_close_matches(name, sorted(known), n=1)
+            raise ValueError(f"parameter {name!r} is declared by no notebook"
+                             f"{f'; did you mean {near[0]!r}?' if near else ''} (this notebook's parameters: "
+                             f"{', '.join(sorted(cls.names()))})")
+    params = cls(**{name: namespace[name] for name in cls.names() if name in namespace})
+    params.check_inputs()
+    results_folder(params)
+    return params
 
 
 def notebook_path(name: str) -> Path:
@@ -95,3 +119,29 @@ def _execute(names: list[str], params: dict, label: str, out_dir: Path, log) -> 
         log(f"== {name} done in {time.time() - t0:.0f} s -> {out}")
         done.append(out)
     return done
+
+
+def write_parameter_cells() -> list[str]:
+    """Rewrite each notebook's `parameters` cell from its parameters class (`config.parameters_cell`); returns
+    the notebooks whose cell changed. Only that cell is touched, so a notebook's outputs (none are committed)
+    and other cells stay as they are."""
+    import nbformat
+
+    changed = []
+    for name, cls in NOTEBOOKS.items():
+        path = notebook_path(name)
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        if cell.source != parameters_cell(cls):
+            cell.source = parameters_cell(cls)
+            nbformat.write(nb, path)
+            changed.append(name)
+    return changed
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--write-parameters"]:
+        raise SystemExit("usage: python -m pastkit.driver --write-parameters")
+    print("rewrote the parameters cell of", ", ".join(write_parameter_cells()) or "no notebook")

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import runs_dir
+from .places import runs_dir
 
 
 @dataclass(frozen=True)

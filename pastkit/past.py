@@ -25,16 +25,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
 from .config import PastParams
 from .generation import load_model
-from .judges import make_judge
 from .knowledge import SFTSpec, train_sft
 from .models import fingerprint, resolve
 from .outputs import OutputError
-from .report import results_folder, runs_dir
+from .places import results_folder, runs_dir
 from .skill_rl import GRPOSpec, RLTask, train_grpo
 from .skill_vector import DegenerateWarning, SkillVector, add_scaled_, inject
 from .stages import Stage, run_stage, stage_dir, stage_inputs
@@ -108,6 +108,61 @@ class Model:
     stage: Stage | None = None  # the stage whose model/ dir holds it, if it is on disk
 
 
+@runtime_checkable
+class Benchmark(Protocol):
+    """What the engine asks of a benchmark: every method is required, so a benchmark that misspells one is
+    refused when its `Engine` is made, instead of silently losing what that method drives (`validation` drives
+    RL checkpoint selection; `gate_unit` RL's gate). `params` is its parameters class, `code` the modules whose
+    source keys its stages."""
+
+    name: str
+    params: type
+    code: tuple
+
+    def judge(self, p: PastParams):
+        """The judge of its answers (`judges.make_judge`, or ToolBench's solution judge)."""
+
+    def source_rounds(self, p: PastParams) -> list[Domain]:
+        """The K source rounds of Algorithm 1, disjoint."""
+
+    def validation(self, p: PastParams) -> Domain | None:
+        """Documents on which kept RL checkpoints are compared (paper E.4), or None."""
+
+    def target_units(self, p: PastParams, *args) -> list[Domain]:
+        """The units a target SFT is trained and scored on (SQuAD takes the regime)."""
+
+    def sft_phases(self, engine: Engine, domain: Domain, variant: str) -> list[SFTPhase]:
+        """The knowledge SFT runs of a domain, in order."""
+
+    def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
+        """GRPO's prompts and rewards on a source round."""
+
+    def gate_unit(self, engine: Engine, domain: Domain) -> Domain | None:
+        """The source round's items RL never trained on (never a test item), for RL's gate; None if none."""
+
+    def scoring(self, engine: Engine) -> dict:
+        """What keys a scoring stage besides the model and unit (prompts, decoding, judge settings)."""
+
+    def score(self, engine: Engine, model, unit: Domain, split: str) -> pd.DataFrame:
+        """One row per item: `document`, `item`, `score` (0-1) and the strict metrics it has."""
+
+
+def check_benchmark(benchmark) -> None:
+    """Refuse an object that does not keep the `Benchmark` contract, naming what it lacks: an attribute or method,
+    or a method whose leading parameters are not the contract's."""
+    methods = [name for name, value in vars(Benchmark).items() if inspect.isfunction(value) and name[0] != "_"]
+    problems = [f"no {name}" for name in [*Benchmark.__annotations__, *methods] if not hasattr(benchmark, name)]
+    for name in methods:
+        if hasattr(benchmark, name):
+            want = [q for q in inspect.signature(getattr(Benchmark, name)).parameters if q not in ("self", "args")]
+            have = list(inspect.signature(getattr(benchmark, name)).parameters)[:len(want)]
+            if have != want:
+                problems.append(f"{name}({', '.join(have)}) where the contract says {name}({', '.join(want)})")
+    if problems:
+        raise TypeError(f"{type(benchmark).__name__} is not a pastkit benchmark: {'; '.join(problems)} "
+                        "(see pastkit.past.Benchmark)")
+
+
 def code_version(*modules) -> str:
     """A hash of the source of the modules that build a stage: edited code never reuses an old result."""
     h = hashlib.sha256()
@@ -123,7 +178,8 @@ def digest(obj) -> str:
 class Engine:
     """PaST for one benchmark and one seed. Every method returns finished (possibly cached) stages."""
 
-    def __init__(self, benchmark, params: PastParams, seed: int, log=print):
+    def __init__(self, benchmark: Benchmark, params: PastParams, seed: int, log=print):
+        check_benchmark(benchmark)
         params.check_inputs()
         self.bench, self.p, self.seed, self.log = benchmark, params, seed, log
         self.base = Path(resolve(params.model))
@@ -133,9 +189,7 @@ class Engine:
                 raise OutputError(f"{what} {folder} lies inside the model dir {self.base}, an input: point it "
                                   "elsewhere")
         self.base_key = {"model": params.model, "content": fingerprint(self.base)}
-        # the benchmark's own judge if it has one (ToolBench: the solution judge), else the QA judge with its prompt
-        self.judge = benchmark.judge(params) if hasattr(benchmark, "judge") else \
-            make_judge(params.judge, *([benchmark.judge_prompt] if hasattr(benchmark, "judge_prompt") else []))
+        self.judge = benchmark.judge(params)
         self.flags: list[str] = []  # degenerate results met on the way, said out loud by the notebooks
         self._norms: dict[str, float] = {}  # skill-vector stage key -> ‖v‖
 
@@ -279,7 +333,7 @@ class Engine:
             return int(name.split("-")[1])
 
         steps = sorted(self.summary(rl).get("checkpoints", []), key=step)
-        validation = self.bench.validation(self.p) if hasattr(self.bench, "validation") else None
+        validation = self.bench.validation(self.p)
         if not steps or validation is None:
             return self.vector(rl, sft), None
         val_sft = self.sft(None, self.bench.sft_phases(self, validation, "target"))

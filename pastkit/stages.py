@@ -18,7 +18,7 @@ Building a stage takes the machine's compute lock (`compute_slot`): on a CPU, tw
 decode at once oversubscribe the cores (a 110 s SFT stage took over 13 minutes beside two other runs), so
 their builds take turns, each with every core. Reading finished stages back needs no turn.
 
-A stage records the machine that built it (`report.machine`: CPU, its bf16 instructions, library versions): bf16
+A stage records the machine that built it (`machine.machine`: CPU, its bf16 instructions, library versions): bf16
 training gives different models on different CPUs, and a cache can be copied or shared between machines. A stage
 read back from another machine says so in the log, and `machines_used` hands every result's provenance the
 machines behind the stages its process used.
@@ -45,8 +45,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .machine import machine
 from .outputs import MARKER, atomic_output, remove_stale_temporaries, sha256_file
-from .report import machine, runs_dir
+from .places import runs_dir
 
 STAGE_FILE = "stage.json"
 LOCKS = ".locks"  # per stage: <folder>.lock (held shared by its users) and <folder>.build.lock (its one builder)

@@ -11,8 +11,9 @@ from conftest import load_dir
 
 from pastkit import ablations
 from pastkit.config import PastParams
+from pastkit.judges import make_judge
 from pastkit.knowledge import SFTSpec
-from pastkit.past import STRATEGIES, Domain, SFTPhase, Study, get_strategy
+from pastkit.past import STRATEGIES, Domain, Engine, SFTPhase, Study, get_strategy
 from pastkit.skill_rl import RLTask
 
 DOCS = {"source 1": ["The lighthouse on Varn island is painted green.", "Varn island has one harbour."],
@@ -40,8 +41,20 @@ class Toy:
 
     name, params, code = "toy", ToyParams, (__name__,)
 
+    def judge(self, p):
+        return make_judge(p.judge)
+
     def source_rounds(self, p):
         return [Domain(n, DOCS[n], n) for n in ("source 1", "source 2")][:p.rounds]
+
+    def validation(self, p):
+        return None
+
+    def target_units(self, p):
+        return [Domain("target", DOCS["target"], "target")]
+
+    def gate_unit(self, engine, domain):
+        return None
 
     def sft_phases(self, engine, domain, variant):
         return [SFTPhase(f"{domain.name}/{variant}", [{"text": d} for d in domain.data],
@@ -302,3 +315,27 @@ def test_what_table3s_wide_round_flags_reaches_the_study(monkeypatch):
     answers, steps = ablations.iterative_refinement(study, unit="target")
     assert engine.flags == ["1 round on 12: skill vector v-wide is exactly zero"]
     assert list(steps["source documents"]) == [1, 2, 2] and len(answers) == 4
+
+
+def test_every_benchmark_keeps_the_engine_contract(runs):
+    """A benchmark that misspells a method (ToolBench once had `validation_unit`, so checkpoint selection never
+    ran for it) or orders its parameters otherwise is refused when its engine is made, naming what is wrong."""
+    from pastkit.benchmarks import Loogle, Squad, Toolbench
+    from pastkit.past import Benchmark, check_benchmark
+
+    for bench in (Squad(), Loogle(), Toolbench(), Toy()):
+        assert isinstance(bench, Benchmark)
+        check_benchmark(bench)
+
+    Misspelt = type("Misspelt", (), {**{k: v for k, v in vars(Toy).items() if k != "validation"},
+                                     "validation_unit": Toy.validation})
+    with pytest.raises(TypeError, match="Misspelt is not a pastkit benchmark: no validation"):
+        Engine(Misspelt(), ToyParams(), 0, log=lambda *_: None)
+
+    class Swapped(Toy):
+        def score(self, engine, unit, model, split):
+            return super().score(engine, model, unit, split)
+
+    with pytest.raises(TypeError, match=r"score\(engine, unit, model, split\) where the contract says "
+                                        r"score\(engine, model, unit, split\)"):
+        check_benchmark(Swapped())

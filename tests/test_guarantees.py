@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from pastkit import CheckpointError, SkillVector, inject
 from pastkit.cli import main
+from pastkit.driver import collect
 from pastkit.outputs import OutputError
 from pastkit.skill_vector import DegenerateWarning
 
@@ -59,19 +60,19 @@ def test_other_weights_under_the_same_model_path_rebuild_every_stage_that_depend
 
 def test_results_dir_figures_is_refused_outside_the_reference_run(monkeypatch):
     from pastkit.benchmarks.squad import SquadParams
-    from pastkit.report import FIGURES, REFERENCE_RUN, results_folder
+    from pastkit.places import FIGURES, REFERENCE_RUN, results_folder
 
     monkeypatch.delenv(REFERENCE_RUN, raising=False)
     for where in ("figures", "figures/sub", str(FIGURES), "notebooks/../figures"):
         with pytest.raises(ValueError, match="only the reference run writes there"):
-            SquadParams.collect({"results_dir": where, "profile": "smoke"})
+            collect("02_squad", {"results_dir": where, "profile": "smoke"})
     monkeypatch.setenv(REFERENCE_RUN, "1")
     assert results_folder(SquadParams(results_dir="figures")) == FIGURES
 
 
 def test_the_driver_tells_only_the_reference_run_it_may_write_figures(tmp_path, monkeypatch):
     from pastkit import driver
-    from pastkit.report import REFERENCE_RUN
+    from pastkit.places import REFERENCE_RUN
 
     seen = []
     monkeypatch.setattr(driver, "_execute", lambda names, params, *a: seen.append(
@@ -132,8 +133,14 @@ def test_pruning_never_deletes_a_stage_a_running_process_uses(tmp_path, monkeypa
 
 def test_a_process_waiting_for_a_stage_another_builds_reads_it_while_the_builder_runs_on(tmp_path):
     """The builder keeps using the stage (and holds it) after building it; the waiter must not wait for it to exit."""
+    # the builder finishes only after the waiter, its imports done, is about to ask for the stage (a fixed sleep
+    # was too short on a loaded machine: the waiter then found the stage finished and never waited)
     script = ("import sys, time; from pathlib import Path; from pastkit.stages import run_stage\n"
-              "def build(d):\n    Path(sys.argv[2]).touch(); time.sleep(1); (d / 'f').write_text('1')\n"
+              "asking = Path(sys.argv[2]).with_name('asking')\n"
+              "def build(d):\n    Path(sys.argv[2]).touch()\n"
+              "    while not asking.exists(): time.sleep(0.05)\n"
+              "    time.sleep(0.5); (d / 'f').write_text('1')\n"
+              "if sys.argv[1] == 'waiter': asking.touch()\n"
               "run_stage('s', {}, build, log=lambda m: print(m, flush=True))\n"
               "if sys.argv[1] == 'builder':\n"
               "    t = time.time()\n"
@@ -145,7 +152,7 @@ def test_a_process_waiting_for_a_stage_another_builds_reads_it_while_the_builder
                                stdout=subprocess.PIPE, text=True)
     while not started.exists():
         time.sleep(0.05)
-    waiter = subprocess.run([sys.executable, "-c", script, "waiter", str(tmp_path / "x"), str(waiter_done)], env=env,
+    waiter = subprocess.run([sys.executable, "-c", script, "waiter", str(started), str(waiter_done)], env=env,
                             capture_output=True, text=True, timeout=45)
     assert "[wait]" in waiter.stdout and "[cached]" in waiter.stdout and waiter_done.exists()
     assert builder.wait(timeout=45) == 0 and "[run]" in builder.stdout.read()
@@ -196,7 +203,7 @@ def test_the_readme_study_example_runs_twice_in_a_row(tmp_path, monkeypatch):
 
 
 def test_the_stage_cache_and_results_never_go_inside_the_model(tmp_path, monkeypatch):
-    from test_engine import ToyParams
+    from test_engine import Toy, ToyParams
 
     from pastkit.models import make_tiny_model
     from pastkit.past import Engine
@@ -205,10 +212,10 @@ def test_the_stage_cache_and_results_never_go_inside_the_model(tmp_path, monkeyp
     before = sorted(p.name for p in model.rglob("*"))
     monkeypatch.setenv("PASTKIT_RUNS", str(model / "runs"))
     with pytest.raises(OutputError, match="stage cache .* lies inside the model dir"):
-        Engine(object(), ToyParams(model=str(model)), seed=0)
+        Engine(Toy(), ToyParams(model=str(model)), seed=0)
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
     with pytest.raises(OutputError, match="results folder .* lies inside the model dir"):
-        Engine(object(), ToyParams(model=str(model), results_dir=str(model / "out")), seed=0)
+        Engine(Toy(), ToyParams(model=str(model), results_dir=str(model / "out")), seed=0)
     assert sorted(p.name for p in model.rglob("*")) == before
 
 
@@ -290,15 +297,14 @@ def test_the_judge_cache_knows_which_endpoint_gave_a_verdict(tmp_path):
 
 
 def test_a_misspelt_notebook_parameter_is_refused_before_any_work():
-    from pastkit.benchmarks.squad import SquadParams
 
     history = ["import pastkit", 'profile = "cpu"\nrl_prompts = 24\n', "# Parameters\nn_sorce = 3\nrounds = 1\n"]
     with pytest.raises(ValueError, match="'n_sorce' is declared by no notebook; did you mean 'n_source'"):
-        SquadParams.collect({"In": history, "rounds": 1, "n_sorce": 3})
-    assert SquadParams.collect({"In": history[:2] + ["# Parameters\nrounds = 1\n"], "rounds": 1}).rounds == 1
+        collect("02_squad", {"In": history, "rounds": 1, "n_sorce": 3})
+    assert collect("02_squad", {"In": history[:2] + ["# Parameters\nrounds = 1\n"], "rounds": 1}).rounds == 1
     # a key another notebook declares passes, as with `-f params/smoke.yaml` (LooGLE's excerpt_words in 02)
     shared = history[:2] + ["# Parameters\nrounds = 1\nexcerpt_words = 50\n"]
-    assert SquadParams.collect({"In": shared, "rounds": 1, "excerpt_words": 50}).rounds == 1
+    assert collect("02_squad", {"In": shared, "rounds": 1, "excerpt_words": 50}).rounds == 1
 
 
 # ---- tracebacks instead of messages -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from conftest import listing, llama_like, save_ckpt
 
 from pastkit import CheckpointError, SkillVector, inject
 from pastkit.cli import main
+from pastkit.driver import collect
 from pastkit.outputs import OutputError
 
 
@@ -296,19 +297,18 @@ def test_bad_parameters_stop_before_any_work(override, message):
 
 
 def test_bad_input_files_stop_before_any_work(tmp_path):
-    from pastkit.benchmarks.squad import SquadParams
     passages = [{"title": "t", "context": "c", "questions": [{"question": "q?", "answer": "a"}]}]
     good = tmp_path / "good.json"
     good.write_text(json.dumps(passages))
-    SquadParams.collect({"target_passages": str(good), "n_target": 1, "n_single": 1})
+    collect("02_squad", {"target_passages": str(good), "n_target": 1, "n_single": 1})
     with pytest.raises(FileNotFoundError, match="missing.json"):
-        SquadParams.collect({"target_passages": str(tmp_path / "missing.json")})
+        collect("02_squad", {"target_passages": str(tmp_path / "missing.json")})
     with pytest.raises(ValueError, match="has 1 passages, but n_target/n_single ask for 16"):
-        SquadParams.collect({"target_passages": str(good)})
+        collect("02_squad", {"target_passages": str(good)})
     nulls = tmp_path / "nulls.json"
     nulls.write_text(json.dumps([{**passages[0], "questions": [{"question": None, "answer": "a"}]}]))
     with pytest.raises(ValueError, match="not a non-empty string"):
-        SquadParams.collect({"target_passages": str(nulls), "n_target": 1, "n_single": 1})
+        collect("02_squad", {"target_passages": str(nulls), "n_target": 1, "n_single": 1})
 
 
 def test_messages_name_the_side_that_lacks_a_tensor(tmp_path):
@@ -336,7 +336,7 @@ def test_hub_ids_load_through_the_hub_or_say_it_is_unreachable(tiny_model, monke
 
 def test_provenance_commit_is_dirty_for_edited_source_not_for_rewritten_figures(tmp_path, monkeypatch):
     """A reference run rewrites figures/; only an edit elsewhere marks the recorded commit "+dirty"."""
-    from pastkit import report
+    from pastkit import places
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
@@ -347,12 +347,12 @@ def test_provenance_commit_is_dirty_for_edited_source_not_for_rewritten_figures(
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
-    monkeypatch.setattr(report, "ROOT", tmp_path)
-    assert not report.git_commit().endswith("+dirty")
+    monkeypatch.setattr(places, "ROOT", tmp_path)
+    assert not places.git_commit().endswith("+dirty")
     (tmp_path / "figures" / "table.csv").write_text("b\n")
-    assert not report.git_commit().endswith("+dirty")
+    assert not places.git_commit().endswith("+dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert report.git_commit().endswith("+dirty")
+    assert places.git_commit().endswith("+dirty")
 
 
 def test_provenance_names_the_machine_a_result_was_made_on(tmp_path):

@@ -14,7 +14,7 @@ from pastkit.benchmarks.squad import SquadParams, cpt_documents, load_passages, 
 from pastkit.benchmarks.toolbench import ToolbenchParams
 from pastkit.config import load_profile
 from pastkit.evaluation import bootstrap_interval, paired_difference, summarize
-from pastkit.report import ROOT, results_folder
+from pastkit.places import ROOT, results_folder
 from pastkit.stages import run_stage
 
 
@@ -63,7 +63,10 @@ def test_params_are_typed_and_validated():
 
 
 def test_profiles_and_notebook_parameter_cells_agree():
-    """The parameters cells hold the defaults (the cpu profile); profiles hold only what differs from them."""
+    """The parameters cells are written from the parameters classes (typed, so papermill can describe them) and
+    hold the defaults (the cpu profile); no later cell rebinds a parameter's name; profiles hold only what differs
+    from the defaults."""
+    from pastkit.config import parameters_cell
     from pastkit.driver import NOTEBOOKS
 
     classes = NOTEBOOKS
@@ -71,8 +74,14 @@ def test_profiles_and_notebook_parameter_cells_agree():
         nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
         cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(cells) == 1 and nb.cells.index(cells[0]) == 2  # right after the title and imports
-        values = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(cells[0].source).body}
+        assert cells[0].source == parameters_cell(cls), f"{name}: run `python -m pastkit.driver --write-parameters`"
+        values = {n.target.id: ast.literal_eval(n.value) for n in ast.parse(cells[0].source).body}
         assert values == cls().as_dict(), name
+        later = [node for c in nb.cells[3:] if c.cell_type == "code" for node in ast.walk(ast.parse(c.source))]
+        bound = {t.id for node in later if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For))
+                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                 for t in ast.walk(target) if isinstance(t, ast.Name)}
+        assert not bound & cls.names(), f"{name} rebinds parameter names {sorted(bound & cls.names())}"
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
         assert nb.metadata["kernelspec"]["language"] == "python"
     for profile in ("smoke", "cpu", "paper"):

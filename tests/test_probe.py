@@ -8,9 +8,9 @@ from pastkit.benchmarks.squad import (
     QA_PROMPT,
     Squad,
     SquadParams,
-    _domain,
     knowledge_probe,
     load_passages,
+    passage_domain,
 )
 from pastkit.config import load_profile
 from pastkit.generation import load_model
@@ -35,7 +35,7 @@ def test_the_probe_measures_knowledge_put_in_by_training(tmp_path, monkeypatch):
     taught = tmp_path / "taught"
     train_sft(engine.base, records, taught, SFTSpec(epochs=60, lr=3e-3, batch=8, grad_accum=1, max_len=96), seed=0,
               log=lambda *_: None)
-    unit = _domain("probe", [{**x, "pid": f"probe-{i}"} for i, x in enumerate(passages)], "cpt")
+    unit = passage_domain("probe", [{**x, "pid": f"probe-{i}"} for i, x in enumerate(passages)], "cpt")
     scored = engine.answers(Model({"dir": digest(str(taught))}, lambda: load_model(taught)), unit)
     assert scored["contains"].mean() > 0.25, scored[["gold", "prediction"]].head(10)
     assert isinstance(answers, pd.DataFrame) and set(answers.method) == {BASE, "SFT (cpt, sentences)"}

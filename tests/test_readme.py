@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from pastkit.report import ROOT
+from pastkit.places import ROOT
 
 
 def readme_example() -> str:

@@ -210,7 +210,7 @@ def test_shipped_data_and_params():
                                                                            for n in q["apis"]}
     source = Toolbench().source_rounds(p)[0]
     assert {q["category"] for q in source.data["queries"]} == {"Movies"} and len(source.data["queries"]) == 4
-    val = Toolbench().validation_unit(p)  # where settings are chosen: Movies queries RL does not use, fewest APIs
+    val = Toolbench().validation(p)  # where settings are chosen: Movies queries RL does not use, fewest APIs
     rl_ids = {q["query_id"] for q in source.data["queries"]}
     assert len(val.data["queries"]) == 2 and not rl_ids & {q["query_id"] for q in val.data["queries"]}
     assert {q["category"] for q in val.data["queries"]} == {"Movies"} and val.name == "Movies (validation)"

@@ -1,7 +1,6 @@
-"""The benchmarks PaST runs on, by name. A benchmark is one file implementing what the engine asks
-(`source_rounds`, `target_units`, `sft_phases`, `rl_task`, `scoring`, `score`; see `pastkit.past`) plus
-its typed parameters; optionally `validation` (documents on which RL checkpoints are chosen, `Engine.select`)
-and `judge_prompt` (the LLM judge's prompt for its answers)."""
+"""The benchmarks PaST runs on. Each keeps the engine's contract (`pastkit.past.Benchmark`: its methods, its
+parameters class, the modules that key its stages); a new benchmark is a module like these, with a notebook whose
+parameters class is registered in `pastkit.driver.NOTEBOOKS`."""
 
 from __future__ import annotations
 
@@ -9,10 +8,4 @@ from .loogle import Loogle
 from .squad import Squad
 from .toolbench import Toolbench
 
-BENCHMARKS = {"squad": Squad(), "loogle": Loogle(), "toolbench": Toolbench()}
-
-
-def get_benchmark(name: str):
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-    return BENCHMARKS[name]
+__all__ = ["Loogle", "Squad", "Toolbench"]

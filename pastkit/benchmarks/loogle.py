@@ -38,7 +38,7 @@ import pandas as pd
 from ..config import SCHEDULES, PastParams
 from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
-from ..judges import STRICT_METRICS, JudgePrompt
+from ..judges import STRICT_METRICS, JudgePrompt, make_judge
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest, rounds_table
 from ..skill_rl import RLTask, closed_book_task
@@ -377,7 +377,9 @@ class Loogle:
     name = "loogle"
     params = LoogleParams
     code = ("pastkit.benchmarks.loogle",)
-    judge_prompt = JUDGE
+
+    def judge(self, p: LoogleParams):
+        return make_judge(p.judge, JUDGE)
 
     # -- documents ------------------------------------------------------------------------------------
     def _docs(self, p: LoogleParams) -> list[dict]:

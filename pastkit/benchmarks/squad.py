@@ -23,7 +23,7 @@ import pandas as pd
 from ..config import PastParams
 from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
-from ..judges import STRICT_METRICS
+from ..judges import STRICT_METRICS, make_judge
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, Study, digest
 from ..skill_rl import RLTask, closed_book_task, rl_split
@@ -159,7 +159,8 @@ def past_label(k: int) -> str:
     return f"PaST ({k} round{'s' if k > 1 else ''})"
 
 
-def _domain(name: str, passages: list[dict], regime: str) -> Domain:
+def passage_domain(name: str, passages: list[dict], regime: str) -> Domain:
+    """SQuAD passages as a domain of the engine, keyed by their text and questions and the regime."""
     return Domain(name, {"passages": passages, "regime": regime},
                   digest([regime, [(p["title"], p["context"], p["questions"]) for p in passages]]))
 
@@ -171,14 +172,23 @@ class Squad:
     params = SquadParams
     code = ("pastkit.benchmarks.squad",)
 
+    def judge(self, p: SquadParams):
+        return make_judge(p.judge)
+
+    def validation(self, p: SquadParams) -> None:
+        """No RL checkpoint selection on SQuAD (the paper selects on LooGLE only); 05 chooses λ on its own
+        validation passages (`ablations.squad_validation`)."""
+        return None
+
     def source_rounds(self, p: SquadParams) -> list[Domain]:
-        return [_domain(f"source round {k}", ps, "cpt") for k, ps in enumerate(source_rounds(p.n_source, p.rounds), 1)]
+        rounds = enumerate(source_rounds(p.n_source, p.rounds), 1)
+        return [passage_domain(f"source round {k}", ps, "cpt") for k, ps in rounds]
 
     def target_units(self, p: SquadParams, regime: str) -> list[Domain]:
         passages = [{**x, "pid": i} for i, x in enumerate(load_passages(p.target_passages))]
         if regime == "cpt":
-            return [_domain("target", passages[:p.n_target], "cpt")]
-        return [_domain(f"target passage {x['pid']}", [x], "single") for x in passages[:p.n_single]]
+            return [passage_domain("target", passages[:p.n_target], "cpt")]
+        return [passage_domain(f"target passage {x['pid']}", [x], "single") for x in passages[:p.n_single]]
 
     def implications(self, engine: Engine, passages: list[dict]) -> list[list[str]]:
         """k self-generated implication samples per passage (D.4.1 prompt), by the base model."""
@@ -381,8 +391,8 @@ def knowledge_probe(params: SquadParams, regime: str = "single", variant: str = 
     """
     engine = Engine(Squad(), params, seed, log)
     passages = [{**x, "pid": f"probe-{i}"} for i, x in enumerate(load_passages(PROBE))]
-    units = [_domain("probe", passages, "cpt")] if regime == "cpt" else \
-        [_domain(f"probe passage {x['pid']}", [x], "single") for x in passages]
+    units = [passage_domain("probe", passages, "cpt")] if regime == "cpt" else \
+        [passage_domain(f"probe passage {x['pid']}", [x], "single") for x in passages]
     frames = []
     for unit in units:
         frames.append(engine.answers(engine.base_model(), unit).assign(method=BASE))

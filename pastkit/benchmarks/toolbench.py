@@ -274,14 +274,20 @@ class Toolbench:
         random.Random(0).shuffle(qs)
         return [self._domain(p, p.source_category, qs[:p.rl_prompts])]
 
-    def validation_unit(self, p: ToolbenchParams) -> Domain:
+    def validation(self, p: ToolbenchParams) -> Domain:
         """Source-category queries RL does not use, the `max_queries` that list the fewest APIs (by cost, as the
         cpu targets): a domain trained and scored like a target's, where settings are chosen without looking at
-        any target query."""
+        any target query (and RL checkpoints, where `rl_save_every` keeps some)."""
         used = {q["query_id"] for q in self.source_rounds(p)[0].data["queries"]}
         held = [q for q in self.category_queries(p, p.source_category) if q["query_id"] not in used]
         held = sorted(held, key=lambda q: len(q["apis"]))[:p.max_queries or None]  # stable: file order breaks ties
         return self._domain(p, f"{p.source_category} (validation)", held)
+
+    def gate_unit(self, engine: Engine, domain: Domain) -> Domain | None:
+        """RL's gate: the validation queries (source category, never RL prompts, never a target query), played
+        closed-book by θ_init and θ_rl. None when RL used every source query."""
+        unit = self.validation(engine.p)
+        return unit if unit.data["queries"] else None
 
     def target_units(self, p: ToolbenchParams) -> list[Domain]:
         """One unit per target category: its first `max_queries` queries (file order) and the APIs they list."""
@@ -608,13 +614,13 @@ def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
 def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=print
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How SFT settings are chosen without target queries: for each named variant of the params, the two SFT
-    stages on the source category's validation unit (`Toolbench.validation_unit`), then closed-book episodes on
+    stages on the source category's validation unit (`Toolbench.validation`), then closed-book episodes on
     its queries and the parameter recall of its APIs, beside the base model's recall. Stages are cached like
     any other. Returns (one row per variant, every episode)."""
     bench, rows, frames, base_recall = Toolbench(), [], [], {}
     for name, p in variants.items():
         engine = Engine(bench, p, seed, log)
-        unit = bench.validation_unit(p)
+        unit = bench.validation(p)
         model = engine.adapt(unit, "target_sft")
         answers = engine.answers(model, unit, "validation").assign(method=name, seed=seed)
         tools = bench.data(p)["tools"]
