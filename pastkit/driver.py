@@ -16,13 +16,14 @@ from pathlib import Path
 
 from .ablations import SquadAblationParams
 from .benchmarks.loogle import LoogleParams
-from .benchmarks.squad import SquadParams
+from .benchmarks.squad import OrthogonalityParams, SquadParams
 from .benchmarks.toolbench import ToolbenchParams
 from .config import injected_names, load_profile, parameters_cell
+from .console import say
 from .places import FIGURES, REFERENCE_RUN, ROOT, results_folder
 
 # The notebooks in order, each with the parameters class its `parameters` cell declares.
-NOTEBOOKS = {"01_orthogonality": SquadParams, "02_squad": SquadParams, "03_loogle": LoogleParams,
+NOTEBOOKS = {"01_orthogonality": OrthogonalityParams, "02_squad": SquadParams, "03_loogle": LoogleParams,
              "04_toolbench": ToolbenchParams, "05_ablations": SquadAblationParams}
 REFERENCE_PROFILE = "cpu"
 
@@ -60,13 +61,16 @@ def declared_parameters(name: str) -> set[str]:
 
 
 def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | None = None,
-                reference: bool = False, log=print) -> list[Path]:
-    """Execute the notebooks (all, or `only`) with the profile's parameters; return the executed copies."""
-    values = load_profile(profile)
+                reference: bool = False, log=say, overrides: dict | None = None) -> list[Path]:
+    """Execute the notebooks (all, or `only`) with the profile's parameters, and `overrides` over them (`pastkit run
+    -p rounds 1`); return the executed copies. The reference run takes no overrides: figures/ holds the cpu
+    profile as it is, and after each of its notebooks the notebook's results page is regenerated (`pages`)."""
+    values = {**load_profile(profile), **(overrides or {})}
     label = values.get("profile", Path(profile).stem)
     if reference:
-        if Path(profile).stem != REFERENCE_PROFILE or label != REFERENCE_PROFILE:
-            raise ValueError(f"the reference results in figures/ come from the {REFERENCE_PROFILE!r} profile only")
+        if Path(profile).stem != REFERENCE_PROFILE or label != REFERENCE_PROFILE or overrides:
+            raise ValueError(f"the reference results in figures/ come from the {REFERENCE_PROFILE!r} profile only, "
+                             "without overrides")
         values = {**values, "results_dir": str(FIGURES.relative_to(ROOT))}
     values.setdefault("profile", label)
     names = only or list(NOTEBOOKS)
@@ -76,14 +80,14 @@ def run_profile(profile: str, only: list[str] | None = None, out_dir: Path | Non
     declared = {n: declared_parameters(n) for n in NOTEBOOKS}
     stray = sorted(set(values) - set().union(*declared.values()))
     if stray:
-        raise ValueError(f"profile {profile!r} sets {stray}, which no notebook declares")
+        raise ValueError(f"profile {profile!r} (with its overrides) sets {stray}, which no notebook declares")
     params = {n: {k: v for k, v in values.items() if k in declared[n]} for n in names}
     with _reference(reference):
         for n in names:  # a bad value or input file stops the run before any notebook starts
             checked = NOTEBOOKS[n](**params[n])
             checked.check_inputs()
             results_folder(checked)
-        return _execute(names, params, label, Path(out_dir or ROOT / "executed" / label), log)
+        return _execute(names, params, label, Path(out_dir or ROOT / "executed" / label), reference, log)
 
 
 @contextlib.contextmanager
@@ -100,11 +104,16 @@ def _reference(reference: bool):
             os.environ[REFERENCE_RUN] = before
 
 
-def _execute(names: list[str], params: dict, label: str, out_dir: Path, log) -> list[Path]:
+def _execute(names: list[str], params: dict, label: str, out_dir: Path, reference: bool, log) -> list[Path]:
+    """Run each notebook; the kit's progress reaches the console from the kernel itself (`console.say`), so the
+    cells' other output stays in the executed copy. Ends with one summary: each notebook's time, where its results
+    went, and the flags its results carry, once each."""
     import papermill as pm
 
+    from .pages import records, write_page
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = []
+    done, summary = [], []
     for name in names:
         t0 = time.time()
         where = results_folder(NOTEBOOKS[name](**params[name]))
@@ -112,14 +121,23 @@ def _execute(names: list[str], params: dict, label: str, out_dir: Path, log) -> 
         out = out_dir / f"{name}.ipynb"
         try:
             pm.execute_notebook(str(notebook_path(name)), str(out), cwd=str(ROOT / "notebooks"),
-                                parameters=params[name], log_output=True, progress_bar=False)
+                                parameters=params[name], progress_bar=False)
         except pm.PapermillExecutionError as e:
             raise RuntimeError(f"{name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                                f"(the executed notebook, with the traceback, is {out})") from None
-        log(f"== {name} done in {time.time() - t0:.0f} s -> {out}")
+        seconds = time.time() - t0
+        flags = list(dict.fromkeys(f for r in records(where, name) for f in r.get("flags") or []))
+        page = write_page(where, name) if reference else None
+        log(f"== {name} done in {seconds:.0f} s -> {out}")
+        summary.append((name, seconds, where, page, flags))
         done.append(out)
+    log("\n== summary")
+    for name, seconds, where, page, flags in summary:
+        log(f"{name}: {seconds / 60:.1f} min · results {where}" + (f" · page {page}" if page else "") +
+            f" · executed {out_dir / f'{name}.ipynb'}")
+        for flag in flags:
+            log(f"   ⚠ {flag}")
     return done
-
 
 def write_parameter_cells() -> list[str]:
     """Rewrite each notebook's `parameters` cell from its parameters class (`config.parameters_cell`); returns

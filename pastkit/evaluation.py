@@ -138,7 +138,10 @@ def draw_method_rows(ax, dax, t: pd.DataFrame, title: str, unit: str, baseline: 
     ax.barh(y, t.score, xerr=[t.score - t.score_ci_low, t.score_ci_high - t.score], color=colors, alpha=0.85,
             capsize=3)
     ax.set_yticks(y, t.method)
-    ax.set_xlabel(f"score % (95% CI over {unit})")
+    metric = str(t["judge"].iloc[0]) if "judge" in t else "score"
+    n = int(t["n_documents"].min())
+    few = f"; n = {n} < 5: too few for a trustworthy interval" if n < 5 else ""
+    ax.set_xlabel(f"{metric} % (95% CI over {n} {unit}{few})")
     ax.set_title(title, fontsize=10)
     ax.set_xlim(0, max(5.0, float(t.score_ci_high.max()) * 1.15))
     dax.errorbar(t.score_vs_baseline, y, xerr=[t.score_vs_baseline - t.score_vs_baseline_ci_low,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .console import say
 from .outputs import atomic_output
 from .training import curve, device_args, falling, interactive, memory_callbacks, progress_callback, quiet_trainer
 
@@ -109,7 +110,7 @@ def _sft_trainer():
     return KitSFTTrainer
 
 
-def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: int, log=print,
+def train_sft(start_dir, records: list[dict], out: Path, spec: SFTSpec, seed: int, log=say,
               force: bool = False) -> dict:
     """Fine-tune `start_dir` on `records` and save to `out`; returns the summary (loss start/end, fell?).
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import TensorSource, check_finite
 from .outputs import OutputError, atomic_output, check_separate
+from .places import ROOT
 from .skill_vector import inputs_of, open_delta
 from .training import interactive
 
@@ -122,32 +123,70 @@ def summarize(table: pd.DataFrame, pair: str) -> dict:
             "zero_delta_tensors": len(table) - len(defined)}
 
 
-def heatmap(table: pd.DataFrame, title: str, ax=None, vmax: float | None = None):
-    """Layers × modules heatmap of cos (paper Fig. 2 style): diverging colormap centred at 0.
+NORMS = ("attn_norm", "mlp_norm")  # 1-D per-layer tensors: shown apart from the weight matrices
 
-    The colour scale is the panel's own largest |cos| unless `vmax` is given, so small cosines stay visible;
-    tensors without a defined cosine (a zero delta) are grey and counted in the title, never a blank scale.
+
+def _matrix_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """Layers × weight-matrix modules of cos (norm vectors and biases left out)."""
+    layered = table[table["layer"].notna() & ~table["module"].str.endswith(".bias") & ~table["module"].isin(NORMS)]
+    grid = layered.pivot_table(index="layer", columns="module", values="cos", aggfunc="first", dropna=False)
+    grid = grid[[m for m in MODULE_ORDER if m in grid.columns] + sorted(set(grid.columns) - set(MODULE_ORDER))]
+    grid.index = grid.index.astype(int)
+    return grid
+
+
+def table_name(prefix: str, pair: str) -> str:
+    """The file name (no suffix) of a pair's per-tensor table: "ΔSFT1 vs ΔRL1" -> cosine_squad_dsft1_vs_drl1."""
+    return f"cosine_{prefix}_" + re.sub(r"[^a-z0-9]+", "_", pair.replace("Δ", "d").lower()).strip("_")
+
+
+def load_pairs(folder: str | Path, notebook: str) -> dict[str, pd.DataFrame]:
+    """The per-tensor cosine tables a notebook saved in a results folder (each with its pair in its provenance),
+    in the order it saved them: what `explore` mode draws without training anything."""
+    from .pages import records
+
+    folder = Path(folder)
+    folder = folder if folder.is_absolute() else ROOT / folder
+    found = {r["pair"]: pd.read_csv(folder / r["file"]) for r in records(folder, notebook)
+             if r["file"].startswith("cosine_") and r["file"].endswith(".csv") and "pair" in r}
+    if not found:
+        raise FileNotFoundError(f"{folder} holds no per-tensor cosine tables of {notebook}: the reference run writes "
+                                "them to figures/ (`make figures`); or name a results folder of your own run of it")
+    return found
+
+
+def shared_scale(*tables: pd.DataFrame) -> float:
+    """One colour scale for panels meant to be compared (Fig. 2 beside its Fig. 4 control): the largest |cos| of
+    their weight matrices. With a scale each, a control with cosines ten times smaller looks just as strong."""
+    values = pd.concat([_matrix_grid(t).abs().stack() for t in tables]).dropna()
+    return float(values.max()) if len(values) and values.max() > 0 else 1.0
+
+
+def heatmap(table: pd.DataFrame, title: str, ax=None, vmax: float | None = None):
+    """Layers × modules heatmap of cos over the weight matrices (paper Fig. 2 style): a diverging colormap centred
+    at 0. The per-layer norm vectors, whose cosines are far larger than the matrices' (a 576-entry vector against
+    a 576 × 1536 matrix), would take the whole colour scale: their mean |cos| is given in the title instead.
+
+    The colour scale is `vmax` (`shared_scale` for panels to compare) or the panel's own largest |cos|; tensors
+    without a defined cosine (a zero delta) are grey and counted in the title, never a blank scale.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    layered = table[table["layer"].notna() & ~table["module"].str.endswith(".bias")]
-    grid = layered.pivot_table(index="layer", columns="module", values="cos", aggfunc="first", dropna=False)
-    grid = grid[[m for m in MODULE_ORDER if m in grid.columns] + sorted(set(grid.columns) - set(MODULE_ORDER))]
-    grid.index = grid.index.astype(int)
+    grid = _matrix_grid(table)
     if ax is None:
         _, ax = plt.subplots(figsize=(1.0 + 0.7 * grid.shape[1], 1.2 + 0.28 * grid.shape[0]))
-    finite = grid.abs().stack().dropna()
-    lim = vmax if vmax and math.isfinite(vmax) else (float(finite.max()) if len(finite) and finite.max() > 0 else 1.0)
+    lim = vmax if vmax and math.isfinite(vmax) else shared_scale(table)
     ax.set_facecolor("#bdbdbd")  # undefined cells (NaN) show as grey
     sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, annot=grid.shape[0] <= 12,
-                fmt=".2f", cbar_kws={"label": "cosine similarity"}, linewidths=0.3)
+                fmt=".2f", cbar_kws={"label": "cosine similarity (weight matrices)"}, linewidths=0.3)
     undefined = int(table["cos"].isna().sum())
     note = f"; {undefined} tensors with a zero delta (grey, no cosine)" if undefined else ""
-    mean = table["cos"].abs().mean()
-    ax.set_title(f"{title}\nmean |cos| = {mean:.3g}, ×random = {times_random(table):.2g} "
-                 f"(1 = unrelated directions){note}", fontsize=9)
-    ax.set_xlabel("module")
+    norms = table[table["module"].isin(NORMS)]["cos"].abs().mean()
+    norm_note = f"; norm vectors (not drawn) mean |cos| = {norms:.3g}" if pd.notna(norms) else ""
+    ax.set_title(f"{title}\nmean |cos| = {table['cos'].abs().mean():.3g} over all tensors, ×random = "
+                 f"{times_random(table):.2g} (1 = unrelated directions){norm_note}{note}", fontsize=9)
+    ax.set_xlabel("weight matrix")
     ax.set_ylabel("layer")
     return ax
 

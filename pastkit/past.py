@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 import pandas as pd
 
 from .config import PastParams
+from .console import say
 from .generation import load_model
 from .knowledge import SFTSpec, train_sft
 from .models import fingerprint, resolve
@@ -178,7 +179,7 @@ def digest(obj) -> str:
 class Engine:
     """PaST for one benchmark and one seed. Every method returns finished (possibly cached) stages."""
 
-    def __init__(self, benchmark: Benchmark, params: PastParams, seed: int, log=print):
+    def __init__(self, benchmark: Benchmark, params: PastParams, seed: int, log=say):
         check_benchmark(benchmark)
         params.check_inputs()
         self.bench, self.p, self.seed, self.log = benchmark, params, seed, log
@@ -442,7 +443,7 @@ class Study:
     rounds: dict[int, list[Round]] = field(default_factory=dict)
 
     @classmethod
-    def run(cls, benchmark, params: PastParams, log=print) -> Study:
+    def run(cls, benchmark, params: PastParams, log=say) -> Study:
         """Source distillation (Algorithm 1) for every seed."""
         study = cls(benchmark, params)
         for seed in params.seeds:
@@ -519,12 +520,14 @@ def plot_reward_curves(study: Study, caption: str):
     from .training import curve
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
+    lowest = 0.0
     for engine in study.engines:
         for r in study.rounds[engine.seed]:
             history = json.loads((r.rl.path / "model" / "train_log.json").read_text())
             rewards = curve(history, "reward")
             if not rewards:
                 continue
+            lowest = min(lowest, min(rewards))
             w = max(1, len(rewards) // 4)
             smooth = np.convolve(rewards, np.ones(w) / w, mode="valid")
             line, = ax.plot(range(1, len(rewards) + 1), rewards, lw=0.6, alpha=0.35)
@@ -532,8 +535,10 @@ def plot_reward_curves(study: Study, caption: str):
                     label=f"seed {engine.seed}, round {r.k}")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward of the group")
+    ax.set_ylim(bottom=lowest)  # from 0 (or the lowest reward, where rewards go below it): no magnified rise
     ax.legend(fontsize=8)
-    ax.set_title("Source RL: reward per step (thin) and its moving average over a quarter of the run", fontsize=9)
+    ax.set_title(f"{study.benchmark.name}: source RL's reward per step (thin) and its moving average over a quarter "
+                 "of the run", fontsize=9)
     fig.suptitle(caption, fontsize=8, y=0.0, va="top")
     fig.tight_layout()
     return fig

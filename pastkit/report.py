@@ -52,6 +52,15 @@ def save_table(df, name: str, params, notebook: str, markdown: str | None = None
     return path
 
 
+def save_text(text: str, name: str, params, notebook: str, **extra) -> Path:
+    """Save prose a notebook derived from its results (its conclusion) as <results>/<name>.md with provenance,
+    so the generated results page (`pages`) quotes it instead of anyone retyping its numbers."""
+    path = results_folder(params) / f"{name}.md"
+    with atomic_output(path, force=True, provenance=provenance(params, notebook, **extra)) as tmp:
+        tmp.write_text(text.strip() + "\n")
+    return path
+
+
 def quiet_libraries() -> None:
     """Keep executed notebooks readable: no library progress bars or deprecation chatter in cell outputs.
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .console import say
 from .decoding import serve_generate, supports
 from .outputs import atomic_output
 from .training import (
@@ -87,7 +88,7 @@ def closed_book_task(items: list[dict], prompt: str, judge, seed: int, n: int, *
                   describe={"prompt": prompt, "reward": judge.describe(), **describe})
 
 
-def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log=print, force: bool = False) -> dict:
+def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log=say, force: bool = False) -> dict:
     """Full-parameter GRPO from `init_dir` on `task`; saves the policy to `out`, returns the summary.
 
     `out` follows the kit's write rules (`outputs`), as `train_sft`'s does."""

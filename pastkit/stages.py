@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .console import say
 from .machine import machine
 from .outputs import MARKER, atomic_output, remove_stale_temporaries, sha256_file
 from .places import runs_dir
@@ -98,7 +99,7 @@ def verify(stage_dir: Path) -> dict:
     return record
 
 
-def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=print,
+def run_stage(name: str, inputs: dict, build: Callable[[Path], None], log=say,
               expect: tuple[str, ...] = (), check: Callable[[Path], None] | None = None) -> Stage:
     """Return the cached stage for (name, inputs), building it with `build(tmp_dir)` if absent.
 
@@ -137,7 +138,7 @@ _COMPUTE = {"depth": 0}  # how deep this process is in `compute_slot` (re-entran
 
 
 @contextlib.contextmanager
-def compute_slot(log=print):
+def compute_slot(log=say):
     """The machine's turn to compute: an exclusive lock on $PASTKIT_COMPUTE_LOCK (default
     <temp dir>/pastkit-compute.lock; "off" to run side by side, e.g. with threads set per process on a large
     machine). Taken before any stage's build lock, so the order of locks is the same in every process; re-entrant
@@ -327,7 +328,7 @@ def cached_stages() -> list[CachedStage]:
     return sorted(found, key=lambda c: c.last_used)
 
 
-def prune(unused_since: float, delete: bool, log=print) -> list[CachedStage]:
+def prune(unused_since: float, delete: bool, log=say) -> list[CachedStage]:
     """The stages no run has used since `unused_since` (epoch seconds); deleted only if `delete`.
 
     A stage any process holds a lock on (being built, or used by a running study, this process included) is

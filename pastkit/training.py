@@ -18,6 +18,8 @@ import time
 import numpy as np
 import torch
 
+from .console import say
+
 
 def interactive() -> bool:
     """Progress bars only where a person watches a terminal; notebooks and logs get plain lines."""
@@ -102,7 +104,7 @@ def autocast(cpu_bf16: bool):
     return contextlib.nullcontext()
 
 
-def progress_callback(what: str, keys: tuple[str, ...], log=print):
+def progress_callback(what: str, keys: tuple[str, ...], log=say):
     """A trainer callback printing ~10 lines per run: step, elapsed time and the named metrics."""
     from transformers import TrainerCallback
 

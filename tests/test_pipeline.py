@@ -240,6 +240,21 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
         assert "Conclusion" in nb.cells[-2].source and nb.cells[-1].outputs[0].text.strip()
     stages = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert {"implications", "sft-full", "sft-lora", "grpo", "skill-vector", "inject", "answers"} <= set(stages)
+    assert sorted(p.name for p in figs.glob("cosine_squad_*.csv")) == [
+        "cosine_squad_dsft1_vs_drl1.csv", "cosine_squad_dsft1_vs_dsft2.csv", "cosine_squad_dsft2_vs_drl2.csv",
+        "cosine_squad_v2_vs_dt_sft.csv"]
+    assert "RL's gate" in (figs / "conclusion_squad.md").read_text()
+    assert (tools / "rl_gate_toolbench.csv").exists() and (tools / "conclusion_toolbench.md").exists()
+
+    # explore mode: 01 draws the saved per-tensor tables again, training and writing nothing
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*")}
+    cached = {p.name for p in (tmp_path / "runs").iterdir()}
+    run_profile("smoke", out_dir=tmp_path / "explored", only=["01_orthogonality"], log=lambda *_: None,
+                overrides={"explore": True, "explore_from": str(figs)})
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*")} == written
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == cached
+    explored = (tmp_path / "explored" / "01_orthogonality.ipynb").read_text()
+    assert "explore: 4 per-tensor tables" in explored and "image/png" in explored
 
     # a re-run with the same profile builds nothing new; one changed parameter (lam) rebuilds only its dependants,
     # and writes to a results folder of its own

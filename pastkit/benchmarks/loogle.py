@@ -36,6 +36,7 @@ from typing import ClassVar
 import pandas as pd
 
 from ..config import SCHEDULES, PastParams
+from ..console import say
 from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
 from ..judges import STRICT_METRICS, JudgePrompt, make_judge
@@ -668,7 +669,7 @@ def conclusion(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def settings_check(variants: dict[str, LoogleParams], seed: int = 0, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+def settings_check(variants: dict[str, LoogleParams], seed: int = 0, log=say) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How the cpu SFT settings are chosen without test documents: for each named variant of the params, the
     knowledge SFT (both phases) on every document that is not a test document (validation and source rounds,
     each its own domain, the same stages notebook 03 trains on them), scored on their real questions beside the
@@ -690,7 +691,7 @@ def settings_check(variants: dict[str, LoogleParams], seed: int = 0, log=print) 
     return table, answers
 
 
-def rl_source_check(variants: dict[str, LoogleParams], log=print) -> pd.DataFrame:
+def rl_source_check(variants: dict[str, LoogleParams], log=say) -> pd.DataFrame:
     """How GRPO's questions are chosen without test documents: for each named variant of the params, source
     distillation (both rounds, first seed), each round's GRPO reward, and the validation document's score with
     the chosen skill vector added to its Target SFT, beside that Target SFT alone (the checkpoint selection's own

@@ -17,10 +17,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 
 from ..config import PastParams
+from ..console import say
 from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
 from ..judges import STRICT_METRICS, make_judge
@@ -362,6 +364,24 @@ def conclusion(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class OrthogonalityParams(SquadParams):
+    """Notebook 01: SQuAD's parameters (its stages are 02's), and a mode that trains nothing."""
+
+    explore: bool = False                       # draw every heatmap from saved per-tensor tables; train nothing
+    explore_from: str = "figures"               # the results folder whose cosine tables explore draws from
+
+    # exploring writes nothing, so 01 shares 02's results folder (and stages) whatever these say
+    UNHASHED: ClassVar[frozenset] = frozenset({"results_dir", "explore", "explore_from"})
+
+    def check_inputs(self) -> None:
+        if self.explore:  # nothing is trained: only the tables must be there
+            from ..orthogonality import load_pairs
+            load_pairs(self.explore_from, "01_orthogonality")
+        else:
+            super().check_inputs()
+
+
 def orthogonality_pairs(study: Study) -> dict[str, pd.DataFrame]:
     """Fig. 2 / Fig. 4 pairs and cos(v, ΔT) on SQuAD (first seed); ΔT = target SFT on passages + implications,
     CPT regime."""
@@ -381,7 +401,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def knowledge_probe(params: SquadParams, regime: str = "single", variant: str = "target", seed: int = 0,
-                    log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    log=say) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How many of the probe's invented facts a knowledge SFT recovers, closed-book, against the base model.
 
     The probe's facts are invented, so the base model scores about 0 on the strict metric by construction and any

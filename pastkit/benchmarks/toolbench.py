@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import PastParams
+from ..console import say
 from ..evaluation import bootstrap_interval, minimum_detectable_effect, paired_difference, verdict
 from ..generation import generate, load_model
 from ..knowledge import BATCHINGS, SFTSpec
@@ -552,13 +553,17 @@ def plot_fig3(table: pd.DataFrame, caption: str):
     for off, name, color in ((-0.2, TARGET, "#9aa5b1"), (0.2, PAST, "#2b6cb0")):
         m = table[f"{name} %"].to_numpy()
         err = [m - table[f"{name} low"].to_numpy(), table[f"{name} high"].to_numpy() - m]
-        ax.bar(x + off, m, 0.38, yerr=err, capsize=3, color=color, label=f"{name} (measured)")
+        bars = ax.bar(x + off, m, 0.38, yerr=err, capsize=3, color=color, label=f"{name} (measured)")
+        flat = table[f"{name} high"].to_numpy() - table[f"{name} low"].to_numpy() == 0
+        # every bar labelled (a 0 % bar is otherwise invisible); * where every run scored alike: no spread to
+        # estimate from, which is not precision
+        ax.bar_label(bars, [f"{v:.0f}{'*' * f}" for v, f in zip(m, flat)], fontsize=7, padding=2)
     for name, style in ((TARGET, ":"), (PAST, "--")):
         ax.axhline(PAPER_FIG3[name], color="#444444", ls=style, lw=1,
                    label=f"paper, {name} average {PAPER_FIG3[name]} % (reported, 7B)")
     ax.set_xticks(x, [f"{c}\n({q} q)" for c, q in zip(table["category"].str.replace("_", " "), table["queries"])],
                   fontsize=7)
-    ax.set_ylabel("success rate % (Solved 1, Partially 0.5)")
+    ax.set_ylabel("success rate % (Solved 1, Partially 0.5)\n* every run alike: no interval")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside: bars reach 100
     ax.set_title("ToolBench closed-book, Fig. 3: Target SFT vs PaST (skill vector from the source category)",
@@ -611,7 +616,7 @@ def parameter_recall(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(summary), per_api
 
 
-def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=print
+def validation_check(variants: dict[str, ToolbenchParams], seed: int = 0, log=say
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How SFT settings are chosen without target queries: for each named variant of the params, the two SFT
     stages on the source category's validation unit (`Toolbench.validation`), then closed-book episodes on
