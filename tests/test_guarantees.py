@@ -415,8 +415,8 @@ def test_an_endpoint_answering_html_is_a_message_on_the_command_line(tmp_path, m
     monkeypatch.setenv("PASTKIT_JUDGE_MODEL", "m")
     monkeypatch.setenv("PASTKIT_JUDGE_TIMEOUT", "3")
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
+    from pastkit.benchmarks.toolbench.agent import CachedEndpoint
     from pastkit.judges import make_judge
-    from pastkit.tool_use import CachedEndpoint
     try:
         with pytest.raises(RuntimeError, match="gave no usable reply"):
             make_judge("llm").score("q", "g", "p")

@@ -5,17 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from pastkit.benchmarks.toolbench import (
-    CATEGORIES,
-    Toolbench,
-    ToolbenchParams,
-    alignment_records,
-    derive,
-    fig3_table,
-    load_toolbench,
-    paired_runs,
-)
-from pastkit.tool_use import (
+from pastkit.benchmarks.toolbench.agent import (
     FINISH_REWARD,
     TURN_LIMIT_PENALTY,
     Episode,
@@ -29,6 +19,16 @@ from pastkit.tool_use import (
     function_name,
     parse_step,
     run_episodes,
+)
+from pastkit.benchmarks.toolbench.benchmark import (
+    CATEGORIES,
+    Toolbench,
+    ToolbenchParams,
+    alignment_records,
+    derive,
+    fig3_table,
+    load_toolbench,
+    paired_runs,
 )
 
 API = {"category_name": "Movies", "tool_name": "Film DB", "api_name": "Get Movie", "api_description": "A movie by id",
@@ -285,7 +285,7 @@ def test_paired_runs_compares_the_two_models_run_for_run():
 
 
 def test_outcome_kinds_cover_the_reward_table():
-    from pastkit.tool_use import TURN_REWARD
+    from pastkit.benchmarks.toolbench.agent import TURN_REWARD
     assert set(TURN_REWARD) | {"finish"} == {"success", "failed", "bad_format", "unknown_api", "finish"}
     assert Outcome("finish", "").kind == "finish"
 
@@ -305,8 +305,8 @@ class Endpoint:
 
 
 def test_llm_simulator_and_solution_judge_read_their_replies():
+    from pastkit.benchmarks.toolbench.agent import LLMSimulator, LLMSolutionJudge
     from pastkit.judges import JudgeError
-    from pastkit.tool_use import LLMSimulator, LLMSolutionJudge
 
     sim = LLMSimulator(TOOLS, endpoint=Endpoint('{"error": "", "response": {"title": "Heat"}}'))
     assert sim.call(NAME, {"movie_id": 7}).response == {"title": "Heat"}
@@ -336,7 +336,7 @@ def test_an_episode_cut_at_the_turn_limit_ends_with_the_model_s_tokens(tmp_path)
 
 
 def test_endpoint_cache_skips_and_reports_a_damaged_line(tmp_path, monkeypatch):
-    from pastkit.tool_use import CachedEndpoint
+    from pastkit.benchmarks.toolbench.agent import CachedEndpoint
 
     monkeypatch.setenv("PASTKIT_JUDGE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("PASTKIT_JUDGE_MODEL", "m")
@@ -353,7 +353,7 @@ def test_cpu_bf16_trains_in_bf16_but_models_are_scored_in_fp32(tmp_path, monkeyp
     """bf16 rounds most of a small v away in a matmul (README), so episodes and recall run without autocast."""
     import pastkit.generation
     import pastkit.training
-    from pastkit.benchmarks.toolbench import recall_rows
+    from pastkit.benchmarks.toolbench.benchmark import recall_rows
     from pastkit.generation import load_model
     from pastkit.past import Engine
 

@@ -31,14 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import PastParams
-from ..console import say
-from ..evaluation import bootstrap_interval, minimum_detectable_effect, paired_difference, verdict
-from ..generation import generate, load_model
-from ..knowledge import BATCHINGS, SFTSpec
-from ..past import Domain, Engine, SFTPhase, Study, digest
-from ..skill_rl import RLTask
-from ..tool_use import (
+from ...config import PastParams
+from ...console import say
+from ...evaluation import bootstrap_interval, minimum_detectable_effect, paired_difference, verdict
+from ...generation import generate, load_model
+from ...knowledge import BATCHINGS, SFTSpec
+from ...past import Domain, Engine, SFTPhase, Study, digest
+from ...skill_rl import RLTask
+from .agent import (
     FINISH,
     RulesSimulator,
     Task,
@@ -53,7 +53,7 @@ from ..tool_use import (
     type_error,
 )
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "toolbench" / "toolbench.json"
+DATA = Path(__file__).resolve().parents[2] / "data" / "toolbench" / "toolbench.json"
 # Table 14: the 21 categories (ToolBench folder names); Movies is the source, the other 20 the targets.
 CATEGORIES = ["Movies", "Advertising", "Artificial_Intelligence_Machine_Learning", "Business_Software",
               "Communication", "Database", "Education", "Email", "Financial", "Food", "Health_and_Fitness",
@@ -246,7 +246,7 @@ class Toolbench:
 
     name = "toolbench"
     params = ToolbenchParams
-    code = ("pastkit.benchmarks.toolbench", "pastkit.tool_use")
+    code = ("pastkit.benchmarks.toolbench.benchmark", "pastkit.benchmarks.toolbench.agent")
 
     def __init__(self):
         self._data: dict[str, dict] = {}
@@ -342,7 +342,7 @@ class Toolbench:
         return [Task(q["query"], tuple(q["apis"]), tuple(q["relevant"])) for q in queries]
 
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
-        """Multi-turn GRPO on the source queries: each rollout is a full episode (`tool_use.run_episodes`);
+        """Multi-turn GRPO on the source queries: each rollout is a full episode (`agent.run_episodes`);
         rewards are F.3.1's three parts, each a reward function so trl logs them apart and sums them."""
         p = engine.p
         tasks = self.tasks(domain.data["queries"])

@@ -275,7 +275,7 @@ class LLMSimulator(RulesSimulator):
             parsed = json.loads(reply.strip().removeprefix("```json").removesuffix("```").strip())
             err = parsed.get("error") or ""
         except (json.JSONDecodeError, AttributeError):  # the simulator's fault, not the agent's: never a penalty
-            from .judges import JudgeError
+            from ...judges import JudgeError
             raise JudgeError(f"simulator replied {reply[:120]!r}: not the JSON object Table 17 asks for") from None
         if err:
             return Outcome("failed", json.dumps({"error": str(err), "response": None}))
@@ -287,7 +287,7 @@ class CachedEndpoint:
     and deadline), cached on disk by prompt so a rerun asks nothing twice. The key is never written."""
 
     def __init__(self, purpose: str, log=None):
-        from .judges import LLMJudge, read_cache
+        from ...judges import LLMJudge, read_cache
         self.client = LLMJudge()
         self.path = self.client.cache_path.with_name(f"{self.client.cache_path.stem}.{purpose}.jsonl")
         self.cache = read_cache(self.path, lambda rec: str(rec["reply"]),
@@ -299,7 +299,7 @@ class CachedEndpoint:
     def ask(self, system: str, user: str, max_tokens: int) -> str:
         key = self.client.cache_key(system, user, str(max_tokens))
         if key not in self.cache:
-            from .judges import append_to_cache
+            from ...judges import append_to_cache
             reply = self.client.ask(user, max_tokens=max_tokens, system=system)
             append_to_cache(self.path, {"key": key, "reply": reply})
             self.cache[key] = reply
@@ -427,7 +427,7 @@ class LLMSolutionJudge:
         return {"solution_judge": self.name, **self.endpoint.describe(), "prompt": "paper Table 18"}
 
     def status(self, query: str, episode: Episode) -> str:
-        from .judges import JudgeError
+        from ...judges import JudgeError
         reply = self.endpoint.ask("", SOLUTION_JUDGE_PROMPT.format(query=query, trajectory=episode.trajectory()),
                                   max_tokens=80)
         m = re.search(r'"answer_status"\s*:\s*"(Solved|Partially Solved|Unsolved)"', reply)
@@ -499,7 +499,7 @@ def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int
     logprobs, and is judged at the end."""
     import torch
 
-    from .training import autocast
+    from ...training import autocast
 
     episodes = [Episode(t.query, list(t.api_names), list(t.relevant), prompt_ids=prompt_ids(tok, t)) for t in tasks]
     eos = tok.eos_token_id
