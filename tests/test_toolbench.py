@@ -1,6 +1,8 @@
 """ToolBench: the simulator's errors, the F.3.1 reward arithmetic, the ReAct parser, observation masking, the data."""
 
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -217,6 +219,12 @@ def test_shipped_data_and_params():
     held = [q for q in Toolbench().category_queries(p, "Movies") if q["query_id"] not in rl_ids]
     assert max(len(q["apis"]) for q in val.data["queries"]) <= min(
         len(q["apis"]) for q in held if q not in val.data["queries"])
+    gate = Toolbench().gate_unit(SimpleNamespace(p=p), source)  # RL's gate (it reads the engine's params only)
+    gate_ids = {q["query_id"] for q in gate.data["queries"]}
+    assert len(gate_ids) == p.gate_queries and not gate_ids & rl_ids  # never an RL prompt
+    assert {q["category"] for q in gate.data["queries"]} == {"Movies"}  # never a target category's query
+    everything = replace(p, rl_prompts=len(Toolbench().category_queries(p, "Movies")))
+    assert Toolbench().gate_unit(SimpleNamespace(p=everything), source) is None
 
 
 def test_alignment_examples_come_from_schemas_and_make_valid_calls():

@@ -168,6 +168,7 @@ class ToolbenchParams(PastParams):
     source_category: str = "Movies"             # RL category (paper F.1)
     target_categories: list = field(default_factory=lambda: ["Text_Analysis", "Advertising"])  # cpu: fewest APIs
     max_queries: int = 3                        # test queries per target category (0: all; paper: all)
+    gate_queries: int = 8                       # held-out source queries RL's gate plays (at least 5 to pass)
     descriptions_per_api: int = 1               # teacher descriptions per API, one per prompt (paper F.2.1: 3)
     teacher_tokens: int = 64                    # max new tokens per teacher description
     stage1_epochs: int = 3                      # knowledge internalization (paper Table 15: 3)
@@ -275,20 +276,24 @@ class Toolbench:
         random.Random(0).shuffle(qs)
         return [self._domain(p, p.source_category, qs[:p.rl_prompts])]
 
-    def validation(self, p: ToolbenchParams) -> Domain:
-        """Source-category queries RL does not use, the `max_queries` that list the fewest APIs (by cost, as the
-        cpu targets): a domain trained and scored like a target's, where settings are chosen without looking at
-        any target query (and RL checkpoints, where `rl_save_every` keeps some)."""
+    def held_out(self, p: ToolbenchParams) -> list[dict]:
+        """Source-category queries RL does not use, those listing the fewest APIs first (by cost, as the cpu
+        targets; file order breaks ties)."""
         used = {q["query_id"] for q in self.source_rounds(p)[0].data["queries"]}
         held = [q for q in self.category_queries(p, p.source_category) if q["query_id"] not in used]
-        held = sorted(held, key=lambda q: len(q["apis"]))[:p.max_queries or None]  # stable: file order breaks ties
-        return self._domain(p, f"{p.source_category} (validation)", held)
+        return sorted(held, key=lambda q: len(q["apis"]))
+
+    def validation(self, p: ToolbenchParams) -> Domain:
+        """The first `max_queries` held-out source queries: a domain trained and scored like a target's, where
+        settings are chosen without looking at any target query (and RL checkpoints, where `rl_save_every` keeps
+        some)."""
+        return self._domain(p, f"{p.source_category} (validation)", self.held_out(p)[:p.max_queries or None])
 
     def gate_unit(self, engine: Engine, domain: Domain) -> Domain | None:
-        """RL's gate: the validation queries (source category, never RL prompts, never a target query), played
-        closed-book by θ_init and θ_rl. None when RL used every source query."""
-        unit = self.validation(engine.p)
-        return unit if unit.data["queries"] else None
+        """RL's gate: the first `gate_queries` held-out source queries (never an RL prompt, never a target
+        category's), played closed-book by θ_init and θ_rl. None when RL used every source query."""
+        held = self.held_out(engine.p)[:engine.p.gate_queries]
+        return self._domain(engine.p, f"{engine.p.source_category} (held out from RL)", held) if held else None
 
     def target_units(self, p: ToolbenchParams) -> list[Domain]:
         """One unit per target category: its first `max_queries` queries (file order) and the APIs they list."""
