@@ -117,7 +117,7 @@ def controls(study: Study, unit: Domain, random_seeds: tuple[int, ...] = (0,)) -
         models = {TARGET: target, "+ λ·v (PaST)": engine.adapt(unit, "post_hoc", source),
                   "− λ·v": engine.model_of(target.stage, source.vector, -lam)}
         for s in random_seeds:
-            models[f"+ λ·random, same norm per tensor (seed {s})"] = engine.model_of(
+            models[f"+ λ·random, same norm per tensor (draw {s})"] = engine.model_of(
                 target.stage, engine.derived_vector("random", [source.vector], s), lam)
         frames += [engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()]
     return pd.concat(frames, ignore_index=True)

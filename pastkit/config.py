@@ -25,7 +25,8 @@ import yaml
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-NON_NEGATIVE_INTS = {"rl_top_k", "rl_save_every"}  # 0 means "off"; every other integer parameter is a count >= 1
+# 0 means "off" for these; every other integer parameter is a count >= 1
+NON_NEGATIVE_INTS = {"rl_top_k", "rl_save_every", "rl_lora_r"}
 JUDGES = ("token_f1", "llm")
 SCHEDULES = ("linear", "cosine", "constant")  # learning-rate schedules (transformers' lr_scheduler_type)
 
@@ -54,6 +55,7 @@ class PastParams:
     rl_top_k: int = 50                          # (paper Table 9)
     rl_max_new_tokens: int = 32                 # rollout length (paper Table 9: 512)
     rl_save_every: int = 0                      # keep a GRPO checkpoint every N steps for selection (0: final only)
+    rl_lora_r: int = 0                          # GRPO through LoRA of this rank, merged after (0: full parameters)
     rl_schedule: str = "linear"                 # GRPO LR schedule (paper Tables 13, 19: constant; Table 9: not said)
     use_vllm: bool = False                      # vLLM rollouts/generation; needs a GPU and the [gpu] extra
     cpu_bf16: bool = False                      # bf16 autocast in training on a CPU; scoring stays fp32 (GPU: bf16)
@@ -82,6 +84,8 @@ class PastParams:
                    and len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds!r}: distinct integers"),
                   (self.judge in JUDGES, f"judge must be one of {JUDGES}"),
                   (self.rl_schedule in SCHEDULES, f"rl_schedule must be one of {SCHEDULES}"),
+                  (not (self.rl_lora_r and self.rl_save_every), "rl_lora_r with rl_save_every: LoRA GRPO keeps "
+                   "only its final policy; set one of them to 0"),
                   (self.rl_group >= 2, "rl_group must be >= 2 (GRPO needs a group to compare)"),
                   (self.rl_beta >= 0, "rl_beta must be >= 0"), (self.rl_temperature > 0, "rl_temperature must be > 0"),
                   (0 < self.rl_top_p <= 1, "rl_top_p must be in (0, 1]")]

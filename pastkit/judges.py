@@ -201,8 +201,8 @@ class LLMJudge:
         return score
 
     def ask(self, prompt: str, max_tokens: int = 4, system: str = "") -> str:
-        """One reply's text (a verdict, or free text for other uses of the endpoint, ToolBench's simulator): retries with
-        backoff, all within the total deadline. Not cached here; `score` caches verdicts."""
+        """One reply's text (a verdict, or free text for other uses of the endpoint: ToolBench's simulator):
+        retries with backoff, all within the total deadline. Not cached here; `score` caches verdicts."""
         import openai
 
         deadline = time.monotonic() + self.timeout

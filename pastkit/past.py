@@ -241,7 +241,7 @@ class Engine:
         p = self.p
         spec = GRPOSpec(p.rl_epochs, p.rl_lr, p.rl_group, p.rl_prompts_per_step, p.rl_beta, p.rl_temperature,
                         p.rl_top_p, p.rl_top_k, p.rl_max_new_tokens, p.use_vllm, p.rl_save_every,
-                        p.rl_schedule, p.cpu_bf16)
+                        p.rl_schedule, p.cpu_bf16, p.rl_lora_r)
         stage = self.stage("grpo", {"init": init.key, "task": task.describe, "prompts": digest(task.prompts),
                                     "columns": digest(task.columns), "spec": spec.__dict__},
                            lambda tmp: train_grpo(init.path / "model", task, tmp / "model", spec, self.seed, self.log),

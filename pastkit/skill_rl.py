@@ -9,6 +9,10 @@ out of the loss). trl's KL term with beta > 0 is the k3 estimator, the "low_var_
 The run is read back, not trusted: the reward curve's start and end (with intervals) and whether rewards
 ever varied within a group (if never, every advantage is 0 and GRPO learns nothing) go to summary.json.
 With `save_every`, intermediate policies are kept under checkpoints/step-N for selection on a validation split.
+With `lora_r`, GRPO trains LoRA adapters on every linear layer of the blocks (the policy's own rollouts, through
+peft), then merges them: the saved policy is a full model, so the skill vector θ_rl − θ_sft is the adapters'
+exact ΔW (up to fp32 rounding of the merge) and everything downstream reads it as any policy; the adapter itself
+is kept in adapter/.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from .console import say
 from .decoding import serve_generate, supports
+from .knowledge import LORA_TARGETS
 from .outputs import atomic_output
 from .training import (
     autocast,
@@ -52,6 +57,7 @@ class GRPOSpec:
     save_every: int = 0     # keep the policy every N optimizer steps (0: only the final one)
     schedule: str = "linear"  # transformers' lr_scheduler_type (paper Tables 13 and 19: constant)
     cpu_bf16: bool = False  # bf16 autocast on a CPU, training and rollouts (`training.device_args`)
+    lora_r: int = 0         # LoRA rank (alpha = 2 r) on every block linear layer, merged after; 0: full parameters
 
 
 @dataclass
@@ -106,7 +112,14 @@ def _train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, lo
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(init_dir, use_safetensors=True, trust_remote_code=False)
-    if not spec.use_vllm and supports(model):
+    peft_config = None
+    if spec.lora_r:  # the kit's decoder reads the base weights only, so LoRA policies roll out through peft
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=spec.lora_r, lora_alpha=2 * spec.lora_r, lora_dropout=0.0,
+                                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        if spec.cpu_bf16 and not spec.use_vllm:
+            _decode_in_one_autocast(model)
+    elif not spec.use_vllm and supports(model):
         serve_generate(model, spec.cpu_bf16)  # rollouts through the kit's decoder (`decoding`)
     elif spec.cpu_bf16 and not spec.use_vllm:
         _decode_in_one_autocast(model)
@@ -129,12 +142,16 @@ def _train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, lo
                 tok.save_pretrained(out / "checkpoints" / f"step-{state.global_step}")
 
     trainer = GRPOTrainer(model=model, reward_funcs=task.reward_funcs, args=args, train_dataset=data,
-                          processing_class=tok, rollout_func=task.rollout_func,
+                          processing_class=tok, rollout_func=task.rollout_func, peft_config=peft_config,
                           callbacks=[progress_callback("grpo", ("reward", "reward_std"), log), KeepCheckpoints(),
                                      *memory_callbacks()])
     quiet_trainer(trainer)
     trainer.train()
-    trainer.model.save_pretrained(out)
+    policy = trainer.model
+    if spec.lora_r:
+        policy.save_pretrained(out / "adapter")
+        policy = policy.merge_and_unload()
+    policy.save_pretrained(out)
     tok.save_pretrained(out)
     history = trainer.state.log_history
     zero_std = curve(history, "frac_reward_zero_std")

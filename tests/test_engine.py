@@ -190,7 +190,7 @@ def test_controls_run_on_every_seed_with_its_own_target_and_vector(runs):
     study = Study.run(Toy(), ToyParams(rounds=1, seeds=[0, 1]), log=lambda *_: None)
     target = Domain("target", DOCS["target"], "target")
     answers = ablations.controls(study, target, random_seeds=(0,))
-    methods = ["Target SFT", "+ λ·v (PaST)", "− λ·v", "+ λ·random, same norm per tensor (seed 0)"]
+    methods = ["Target SFT", "+ λ·v (PaST)", "− λ·v", "+ λ·random, same norm per tensor (draw 0)"]
     assert list(answers.groupby(["seed", "method"], sort=False).size().index) == [(s, m) for s in (0, 1)
                                                                                    for m in methods]
     scored = [_inputs_dir(p)["model"] for p in runs.glob("answers-*")]
@@ -339,3 +339,31 @@ def test_every_benchmark_keeps_the_engine_contract(runs):
     with pytest.raises(TypeError, match=r"score\(engine, unit, model, split\) where the contract says "
                                         r"score\(engine, model, unit, split\)"):
         check_benchmark(Swapped())
+
+
+def test_lora_grpo_saves_a_merged_policy_whose_skill_vector_is_the_adapters_exact_delta(tiny_model, tmp_path):
+    """With lora_r, GRPO trains adapters and merges them: v = θ_rl − θ_init is the adapters' ΔW = (α/r)·B·A on every
+    adapted layer and exactly zero elsewhere, and the engine reads the merged policy like any other."""
+    from safetensors.torch import load_file
+
+    from pastkit import SkillVector
+    from pastkit.skill_rl import GRPOSpec, train_grpo
+
+    task = RLTask([f"Tell me about: {d}" for d in DOCS["source 1"]], [_variety])
+    spec = GRPOSpec(epochs=1, lr=5e-2, group=2, prompts_per_step=1, beta=0.0, temperature=1.0, top_p=1.0, top_k=0,
+                    max_new_tokens=4, lora_r=4)
+    train_grpo(tiny_model, task, tmp_path / "rl", spec, seed=0, log=lambda *_: None)
+    v = SkillVector.extract(tmp_path / "rl", tiny_model)
+    adapter = load_file(tmp_path / "rl" / "adapter" / "adapter_model.safetensors")
+    scale = 2 * 4 / 4  # alpha / r
+    checked = 0
+    for name in v.keys():
+        delta = v.get(name)
+        a_key = next((k for k in adapter if k.endswith(name.replace(".weight", ".lora_A.weight"))), None)
+        if a_key is None:
+            assert not delta.any(), f"{name} changed though no adapter touches it"
+            continue
+        b = adapter[a_key.replace("lora_A", "lora_B")]
+        assert torch.allclose(delta, scale * b @ adapter[a_key], atol=1e-6), name
+        checked += 1
+    assert checked == 2 * 7 and v.norm() > 0  # every linear layer of both blocks, and RL moved them

@@ -194,8 +194,8 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
         assert (pd.read_csv(ablations / name).seeds == 2).all(), name
     assert "seeds 0, 1" in (ablations / "controls_loogle.md").read_text()
     assert list(pd.read_csv(ablations / "controls_loogle.csv").method) == [
-        "Target SFT", "+ λ·v (PaST)", "− λ·v", "+ λ·random, same norm per tensor (seed 0)",
-        "+ λ·random, same norm per tensor (seed 1)"]
+        "Target SFT", "+ λ·v (PaST)", "− λ·v", "+ λ·random, same norm per tensor (draw 0)",
+        "+ λ·random, same norm per tensor (draw 1)"]
     comp = pd.read_csv(ablations / "composition.csv")  # SQuAD + LooGLE vectors, on each benchmark
     assert list(comp.benchmark) == ["SQuAD"] * 4 + ["LooGLE"] * 4
     assert list(comp.method[:4]) == ["Target SFT", "+ λ·v_SQuAD (PaST)", "+ λ·v_LooGLE", "+ λ·(v_SQuAD + v_LooGLE)"]
