@@ -100,7 +100,7 @@ def _timed(fn, into: list):
 
 
 def grpo(model_dir: Path, questions, golds, work: Path, steps: int) -> list[tuple]:
-    """One GRPO step's split, HF generate against the kit's decoder, beta 0.001 and 0."""
+    """One GRPO step's split: HF generate against the kit's decoder, beta 0.001 and 0, and LoRA GRPO at beta 0."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -114,33 +114,40 @@ def grpo(model_dir: Path, questions, golds, work: Path, steps: int) -> list[tupl
         return [judge.score("", g, c[-1]["content"]) for g, c in zip(gold, completions)]
 
     rows = []
-    for beta in (0.001, 0.0):
-        for kit in (False, True):
-            tok = AutoTokenizer.from_pretrained(model_dir)
-            tok.padding_side = "left"
-            prompts = [[{"role": "user", "content": QA_PROMPT.format(question=q)}] for q in questions[:8 * steps]]
-            data = Dataset.from_dict({"prompt": prompts, "gold": golds[:8 * steps]})
-            args = GRPOConfig(output_dir=str(work / f"grpo-{beta}-{kit}"), max_steps=steps, learning_rate=1e-5,
-                              per_device_train_batch_size=32, num_generations=4, max_completion_length=32,
-                              temperature=0.7, top_p=0.9, top_k=50, beta=beta, save_strategy="no", report_to="none",
-                              logging_steps=1, disable_tqdm=True, **device_args())
-            model = AutoModelForCausalLM.from_pretrained(model_dir)
-            if kit:
-                serve_generate(model)
-            trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                                  processing_class=tok)
-            quiet_trainer(trainer)
-            spent = {"rollout": [], "reward": []}
-            for key, attr in (("rollout", "_generate_single_turn"), ("reward", "_calculate_rewards")):
-                setattr(trainer, attr, _timed(getattr(trainer, attr), spent[key]))
-            trainer.train()
-            step_times = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
-            i = min(range(len(step_times)), key=step_times.__getitem__)
-            total, roll, rew = step_times[i], spent["rollout"][i], spent["reward"][i]
-            rows.append((f"GRPO step, 32 rollouts x 32 tokens, beta {beta:g}",
-                         "kit decoder" if kit else "HF generate", f"{total:.1f}", f"{roll:.1f}", f"{rew:.2f}",
-                         f"{total - roll - rew:.1f}", f"{32 / roll:.1f}"))
-            print(rows[-1], flush=True)
+    variants = [(0.001, "HF generate"), (0.001, "kit decoder"), (0.0, "HF generate"), (0.0, "kit decoder"),
+                (0.0, "LoRA r 32 (peft generate)")]
+    for beta, how in variants:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        tok.padding_side = "left"
+        prompts = [[{"role": "user", "content": QA_PROMPT.format(question=q)}] for q in questions[:8 * steps]]
+        data = Dataset.from_dict({"prompt": prompts, "gold": golds[:8 * steps]})
+        args = GRPOConfig(output_dir=str(work / f"grpo-{beta}-{how[:3]}"), max_steps=steps, learning_rate=1e-5,
+                          per_device_train_batch_size=32, num_generations=4, max_completion_length=32,
+                          temperature=0.7, top_p=0.9, top_k=50, beta=beta, save_strategy="no", report_to="none",
+                          logging_steps=1, disable_tqdm=True, **device_args())
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        peft_config = None
+        if how == "kit decoder":
+            serve_generate(model)
+        elif how.startswith("LoRA"):
+            from peft import LoraConfig
+
+            from pastkit.knowledge import LORA_TARGETS
+            peft_config = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                                     task_type="CAUSAL_LM")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                              processing_class=tok, peft_config=peft_config)
+        quiet_trainer(trainer)
+        spent = {"rollout": [], "reward": []}
+        for key, attr in (("rollout", "_generate_single_turn"), ("reward", "_calculate_rewards")):
+            setattr(trainer, attr, _timed(getattr(trainer, attr), spent[key]))
+        trainer.train()
+        step_times = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
+        i = min(range(len(step_times)), key=step_times.__getitem__)
+        total, roll, rew = step_times[i], spent["rollout"][i], spent["reward"][i]
+        rows.append((f"GRPO step, 32 rollouts x 32 tokens, beta {beta:g}", how, f"{total:.1f}", f"{roll:.1f}",
+                     f"{rew:.2f}", f"{total - roll - rew:.1f}", f"{32 / roll:.1f}"))
+        print(rows[-1], flush=True)
     return rows
 
 

@@ -126,7 +126,7 @@ def summarize(table: pd.DataFrame, pair: str) -> dict:
 NORMS = ("attn_norm", "mlp_norm")  # 1-D per-layer tensors: shown apart from the weight matrices
 
 
-def _matrix_grid(table: pd.DataFrame) -> pd.DataFrame:
+def matrix_grid(table: pd.DataFrame) -> pd.DataFrame:
     """Layers × weight-matrix modules of cos (norm vectors and biases left out)."""
     layered = table[table["layer"].notna() & ~table["module"].str.endswith(".bias") & ~table["module"].isin(NORMS)]
     grid = layered.pivot_table(index="layer", columns="module", values="cos", aggfunc="first", dropna=False)
@@ -158,7 +158,7 @@ def load_pairs(folder: str | Path, notebook: str) -> dict[str, pd.DataFrame]:
 def shared_scale(*tables: pd.DataFrame) -> float:
     """One colour scale for panels meant to be compared (Fig. 2 beside its Fig. 4 control): the largest |cos| of
     their weight matrices. With a scale each, a control with cosines ten times smaller looks just as strong."""
-    values = pd.concat([_matrix_grid(t).abs().stack() for t in tables]).dropna()
+    values = pd.concat([matrix_grid(t).abs().stack() for t in tables]).dropna()
     return float(values.max()) if len(values) and values.max() > 0 else 1.0
 
 
@@ -173,7 +173,7 @@ def heatmap(table: pd.DataFrame, title: str, ax=None, vmax: float | None = None)
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    grid = _matrix_grid(table)
+    grid = matrix_grid(table)
     if ax is None:
         _, ax = plt.subplots(figsize=(1.0 + 0.7 * grid.shape[1], 1.2 + 0.28 * grid.shape[0]))
     lim = vmax if vmax and math.isfinite(vmax) else shared_scale(table)
