@@ -127,8 +127,13 @@ def _train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, lo
     prompts = [[{"role": "user", "content": p}] if conversational and isinstance(p, str) else p for p in task.prompts]
     data = Dataset.from_dict({"prompt": prompts, **task.columns})
     device = device_args(spec.cpu_bf16) if not spec.use_vllm else {"bf16": device_args().get("bf16", False)}
+    # Multi-turn episodes are long (ToolBench: a 500-token agent prompt and every turn): 4 prompts x 4 episodes in
+    # one backward pass took 24 GB and was killed. They are rolled out together and trained a group at a time,
+    # their gradients accumulated into the same optimizer step.
+    micro = task.rollout_func is not None
     args = GRPOConfig(output_dir=str(out / "_trainer"), num_train_epochs=spec.epochs, learning_rate=spec.lr,
-                      per_device_train_batch_size=spec.group * spec.prompts_per_step,
+                      per_device_train_batch_size=spec.group * (1 if micro else spec.prompts_per_step),
+                      gradient_accumulation_steps=spec.prompts_per_step if micro else 1,
                       num_generations=spec.group, max_completion_length=spec.max_new_tokens,
                       temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, beta=spec.beta,
                       lr_scheduler_type=spec.schedule,

@@ -383,3 +383,29 @@ def test_cpu_bf16_trains_in_bf16_but_models_are_scored_in_fp32(tmp_path, monkeyp
     answers = bench.score(engine, engine.base_model(), unit, "target")
     recall_rows(bench.data(p)["tools"], unit.data["apis"], load_model(engine.base))
     assert len(answers) == 1 and asked and not any(asked)
+
+
+def test_multi_turn_grpo_rolls_out_a_steps_prompts_together_and_trains_them_a_group_at_a_time(tmp_path, monkeypatch):
+    """Batched multi-turn steps: every episode of an optimizer step is played in one rollout call, while the
+    backward pass takes one prompt's group at a time (4 x 4 ToolBench episodes in one pass ran out of 24 GB)."""
+    from pastkit.past import Engine
+    from pastkit.skill_rl import GRPOSpec, train_grpo
+
+    monkeypatch.setenv("PASTKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    p = ToolbenchParams(model="tiny-random", rl_prompts=4, rl_group=2, max_turns=1, rl_max_new_tokens=4)
+    bench = Toolbench()
+    engine = Engine(bench, p, 0, log=lambda *_: None)
+    task = bench.rl_task(engine, bench.source_rounds(p)[0])
+    played, rollout = [], task.rollout_func
+
+    def recording(prompts, trainer):
+        played.append(len(prompts))
+        assert trainer.args.per_device_train_batch_size == 2 and trainer.args.gradient_accumulation_steps == 2
+        return rollout(prompts, trainer)
+
+    task.rollout_func = recording
+    spec = GRPOSpec(epochs=1, lr=1e-3, group=2, prompts_per_step=2, beta=0.0, temperature=1.0, top_p=1.0, top_k=0,
+                    max_new_tokens=4)
+    summary = train_grpo(engine.base, task, tmp_path / "rl", spec, seed=0, log=lambda *_: None)
+    assert summary["steps"] == 2 and played == [4, 4]  # two steps, each one rollout of 2 prompts x 2 episodes
