@@ -562,7 +562,7 @@ def plot_fig3(table: pd.DataFrame, caption: str):
         flat = table[f"{name} high"].to_numpy() - table[f"{name} low"].to_numpy() == 0
         # every bar labelled (a 0 % bar is otherwise invisible); * where every run scored alike: no spread to
         # estimate from, which is not precision
-        ax.bar_label(bars, [f"{v:.0f}{'*' * f}" for v, f in zip(m, flat)], fontsize=7, padding=2)
+        ax.bar_label(bars, [f"{v:.0f}{'*' if f else ''}" for v, f in zip(m, flat)], fontsize=7, padding=2)
     for name, style in ((TARGET, ":"), (PAST, "--")):
         ax.axhline(PAPER_FIG3[name], color="#444444", ls=style, lw=1,
                    label=f"paper, {name} average {PAPER_FIG3[name]} % (reported, 7B)")
