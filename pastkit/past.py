@@ -239,7 +239,8 @@ class Engine:
 
     def grpo(self, init: Stage, task: RLTask) -> Stage:
         p = self.p
-        spec = GRPOSpec(p.rl_epochs, p.rl_lr, p.rl_group, p.rl_prompts_per_step, p.rl_beta, p.rl_temperature,
+        per_step = min(p.rl_prompts_per_step, len(task.prompts))  # fewer prompts than a step: one step of them all
+        spec = GRPOSpec(p.rl_epochs, p.rl_lr, p.rl_group, per_step, p.rl_beta, p.rl_temperature,
                         p.rl_top_p, p.rl_top_k, p.rl_max_new_tokens, p.use_vllm, p.rl_save_every,
                         p.rl_schedule, p.cpu_bf16, p.rl_lora_r)
         stage = self.stage("grpo", {"init": init.key, "task": task.describe, "prompts": digest(task.prompts),

@@ -103,6 +103,9 @@ def train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log
 
 
 def _train_grpo(init_dir, task: RLTask, out: Path, spec: GRPOSpec, seed: int, log) -> dict:
+    if len(task.prompts) < spec.prompts_per_step:
+        raise ValueError(f"GRPO with {spec.prompts_per_step} prompts a step needs at least that many prompts; the task "
+                         f"has {len(task.prompts)}")
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
