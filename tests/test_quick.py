@@ -5,6 +5,7 @@ minutes on 2 cores); the smoke profile's tiny random model earns no reward, so i
 """
 
 import math
+import shutil
 
 import pytest
 
@@ -23,8 +24,15 @@ def real_model():
         pytest.skip(f"the embedded model is not installed: {e}")
 
 
-def test_the_quick_profile_learns_skill_vectors_that_are_not_zero(real_model, tmp_path, monkeypatch):
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """A stage cache of its own, removed after the test: its seven model dirs take about 4 GB."""
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path / "runs"))
+    yield tmp_path / "runs"
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+def test_the_quick_profile_learns_skill_vectors_that_are_not_zero(real_model, runs, tmp_path, monkeypatch):
     monkeypatch.setenv("PASTKIT_RESULTS", str(tmp_path / "results"))
     params = SquadParams.from_profile(load_profile("quick"))
     study = Study.run(Squad(), params, log=lambda *_: None)
