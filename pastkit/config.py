@@ -140,10 +140,10 @@ def parameters_cell(cls) -> str:
                 m = _FIELD_LINE.match(line)
                 if m and m.group(1) in cls.names():
                     said[m.group(1)] = (m.group(2), m.group(3))
-    lines = []
+    defaults, lines = cls(), []
     for f in dataclasses.fields(cls):
         kind, comment = said[f.name]
-        value = getattr(cls(), f.name)
+        value = getattr(defaults, f.name)
         literal = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
         lines.append(f"{f.name}: {kind} = {literal}" + (f"  # {comment}" if comment else ""))
     return "\n".join(lines)

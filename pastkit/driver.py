@@ -110,7 +110,7 @@ def _execute(names: list[str], params: dict, label: str, out_dir: Path, referenc
     went, and the flags its results carry, once each."""
     import papermill as pm
 
-    from .pages import records, write_page
+    from .pages import flags, records, write_page
 
     out_dir.mkdir(parents=True, exist_ok=True)
     done, summary = [], []
@@ -126,18 +126,18 @@ def _execute(names: list[str], params: dict, label: str, out_dir: Path, referenc
             raise RuntimeError(f"{name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                                f"(the executed notebook, with the traceback, is {out})") from None
         seconds = time.time() - t0
-        flags = list(dict.fromkeys(f for r in records(where, name) for f in r.get("flags") or []))
         page = write_page(where, name) if reference else None
         log(f"== {name} done in {seconds:.0f} s -> {out}")
-        summary.append((name, seconds, where, page, flags))
+        summary.append((name, seconds, where, page, flags(records(where, name))))
         done.append(out)
     log("\n== summary")
-    for name, seconds, where, page, flags in summary:
+    for name, seconds, where, page, said in summary:
         log(f"{name}: {seconds / 60:.1f} min · results {where}" + (f" · page {page}" if page else "") +
             f" · executed {out_dir / f'{name}.ipynb'}")
-        for flag in flags:
+        for flag in said:
             log(f"   ⚠ {flag}")
     return done
+
 
 def write_parameter_cells() -> list[str]:
     """Rewrite each notebook's `parameters` cell from its parameters class (`config.parameters_cell`); returns

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import TensorSource, check_finite
 from .outputs import OutputError, atomic_output, check_separate
-from .places import ROOT
+from .places import in_repo
 from .skill_vector import inputs_of, open_delta
 from .training import interactive
 
@@ -145,8 +145,7 @@ def load_pairs(folder: str | Path, notebook: str) -> dict[str, pd.DataFrame]:
     in the order it saved them: what `explore` mode draws without training anything."""
     from .pages import records
 
-    folder = Path(folder)
-    folder = folder if folder.is_absolute() else ROOT / folder
+    folder = in_repo(folder)
     found = {r["pair"]: pd.read_csv(folder / r["file"]) for r in records(folder, notebook)
              if r["file"].startswith("cosine_") and r["file"].endswith(".csv") and "pair" in r}
     if not found:

@@ -39,6 +39,11 @@ def records(folder: Path, notebook: str) -> list[dict]:
     return sorted(found, key=lambda r: (r.get("created", ""), r["file"]))
 
 
+def flags(recs: list[dict]) -> list[str]:
+    """The degenerate-result flags the records carry, each once, in the order they were written."""
+    return list(dict.fromkeys(f for r in recs for f in r.get("flags") or []))
+
+
 def results_page(folder: Path, notebook: str, link: str) -> str:
     """The page of one notebook's results in `folder`; `link` is the folder as seen from where the page lives."""
     recs = records(folder, notebook)
@@ -48,9 +53,8 @@ def results_page(folder: Path, notebook: str, link: str) -> str:
     out = [f"# {notebook}: results", "",
            f"Generated from the files in `{_shown(folder)}` that `{notebook}` wrote; do not edit (a test regenerates "
            "this page from them): every number on it is one those files hold.", "", *_provenance(recs), ""]
-    flags = list(dict.fromkeys(f for r in recs for f in r.get("flags") or []))
-    if flags:
-        out += ["## Flags", "", *[f"- ⚠ {f}" for f in flags], ""]
+    if said := flags(recs):
+        out += ["## Flags", "", *[f"- ⚠ {f}" for f in said], ""]
     for name in sorted(f for f in files if f.startswith("conclusion") and f.endswith(".md")):
         out += ["## What it shows", "", (folder / name).read_text().strip(), ""]
     for r in recs:
@@ -104,4 +108,3 @@ def write_page(folder: Path, notebook: str, pages: Path = PAGES) -> Path:
     with atomic_output(path, force=True, provenance={"notebook": notebook, "from": _shown(folder)}) as tmp:
         tmp.write_text(text)
     return path
-

@@ -19,13 +19,19 @@ FIGURES = ROOT / "figures"
 REFERENCE_RUN = "PASTKIT_REFERENCE_RUN"  # set by `pastkit run --reference` for the notebooks it executes
 
 
+def in_repo(path: str | Path) -> Path:
+    """A user-given path: `~` expanded, and a relative one taken from the repository (where notebooks and
+    profiles name their folders from), not from the current directory."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else ROOT / path
+
+
 def results_folder(params) -> Path:
     """This configuration's results folder: `params.results_dir` if set (relative to the repository), else
     results/<profile>-<hash>. figures/ (or a folder inside it) only in the reference run: anywhere else it would
     replace the committed reference results with another configuration's."""
     if params.results_dir:
-        path = Path(params.results_dir).expanduser()
-        path = path if path.is_absolute() else ROOT / path
+        path = in_repo(params.results_dir)
         figures, resolved = FIGURES.resolve(), path.resolve()
         if (resolved == figures or figures in resolved.parents) and os.environ.get(REFERENCE_RUN) != "1":
             raise ValueError(f"results_dir={params.results_dir!r} is the committed reference results folder "
