@@ -27,7 +27,7 @@ from .benchmarks.squad import SquadParams, load_passages, passage_domain
 from .config import PastParams, load_profile
 from .evaluation import paired_difference, summarize, verdict
 from .judges import STRICT_METRICS
-from .past import STRATEGIES, Domain, Engine, Round, Study
+from .past import RANDOM_CONTROL, STRATEGIES, Domain, Engine, Round, Study
 from .skill_vector import MODULE_GROUPS
 
 TARGET = STRATEGIES["target_sft"].label
@@ -40,6 +40,7 @@ METRICS = ("score", *STRICT_METRICS)
 class SquadAblationParams(SquadParams):
     """Notebook 05 on SQuAD: 02's parameters (so its stages are reused), plus the validation split and λ grid."""
 
+    seeds: list = field(default_factory=lambda: [0])  # Tables 3, 4, λ and composition: the first seed's
     n_val: int = 8                              # validation passages: the target file's last, never its first
     lam_grid: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0])  # λ values tried on validation
     loogle_tables: bool = True                  # Tables 3 and 4 on LooGLE too (about 15 min in cpu; README)
@@ -117,8 +118,7 @@ def controls(study: Study, unit: Domain, random_seeds: tuple[int, ...] = (0,)) -
         models = {TARGET: target, "+ λ·v (PaST)": engine.adapt(unit, "post_hoc", source),
                   "− λ·v": engine.model_of(target.stage, source.vector, -lam)}
         for s in random_seeds:
-            models[f"+ λ·random, same norm per tensor (draw {s})"] = engine.model_of(
-                target.stage, engine.derived_vector("random", [source.vector], s), lam)
+            models[f"{RANDOM_CONTROL} (draw {s})"] = engine.random_control(unit, source, s)
         frames += [engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()]
     return pd.concat(frames, ignore_index=True)
 

@@ -41,6 +41,7 @@ from .skill_vector import DegenerateWarning, SkillVector, add_scaled_, inject
 from .stages import Stage, run_stage, stage_dir, stage_inputs
 
 VECTOR_FILE = "vector.safetensors"
+RANDOM_CONTROL = "+ λ·random, same norm per tensor"  # Engine.random_control's row in a results table
 SFT_FULL, SFT_LORA = "sft-full", "sft-lora"  # the stage names of a full and a LoRA SFT phase
 
 
@@ -368,6 +369,13 @@ class Engine:
         if (sft.path / "model" / "adapter_config.json").exists():  # LoRA: compose in memory, write nothing
             return self.model_of(sft, source.vector, lam)
         return self.model_of(self.with_vector(sft, source.vector, lam))
+
+    def random_control(self, unit: Domain, source: Round, draw: int = 0) -> Model:
+        """θ_T + λ·r on `unit`, r with the norm of `source`'s v in every tensor and a random direction (`draw`):
+        the control that says whether PaST's gain comes from v's direction or would come from any vector of its
+        size."""
+        target = self.adapt(unit, "target_sft")
+        return self.model_of(target.stage, self.derived_vector("random", [source.vector], draw), self.p.lam)
 
     def model_of(self, stage: Stage, vector: Stage | None = None, lam: float = 1.0) -> Model:
         """A stage's model (a dir, or an adapter merged onto its base), plus λ·v in memory if given."""

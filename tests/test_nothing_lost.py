@@ -386,7 +386,7 @@ def test_a_figure_carries_one_caption_the_one_of_what_made_it(tmp_path):
     from pastkit import report
     from pastkit.benchmarks.squad import SquadParams
 
-    params = SquadParams(results_dir=str(tmp_path))
+    params = SquadParams(results_dir=str(tmp_path), seeds=[0])
     on_seeds = SquadParams(seeds=[0, 1, 2]).caption()
     assert on_seeds != params.caption() and params.caption() not in on_seeds
     captions = {}

@@ -14,6 +14,7 @@ from pastkit.benchmarks.squad import SquadParams, cpt_documents, load_passages, 
 from pastkit.benchmarks.toolbench import ToolbenchParams
 from pastkit.config import load_profile
 from pastkit.evaluation import bootstrap_interval, paired_difference, summarize
+from pastkit.past import RANDOM_CONTROL
 from pastkit.places import ROOT, results_folder
 from pastkit.stages import run_stage
 
@@ -208,7 +209,7 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
                  "fig4_loogle_sft_sft.png", "loogle_skill_vs_target.png", "orthogonality_loogle_summary.csv"):
         assert (loogle / name).stat().st_size > 0, name
     t2 = pd.read_csv(loogle / "table2_loogle.csv")
-    assert list(t2.method) == ["Base", "Target SFT", "PaST (1 round)", "PaST (2 rounds)"]
+    assert list(t2.method) == ["Base", "Target SFT", "PaST (1 round)", "PaST (2 rounds)", RANDOM_CONTROL]
     assert t2.paper_reported.isna().all()  # the shipped sample is not the paper's split: no paper numbers beside
     prov = json.loads((loogle / "table2_loogle.csv.provenance.json").read_text())
     assert prov["split"] == {"source": [[4], [3]], "validation": [2], "test": [0, 1]}
@@ -226,7 +227,7 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     table = pd.read_csv(figs / "table1_squad.csv")
     assert set(table.regime) == {"cpt", "single"}
     assert list(table[table.regime == "cpt"].method) == ["Base", "Train on Passage", "Train on Passage + Synthetic",
-                                                        "PaST (1 round)", "PaST (2 rounds)"]
+                                                        "PaST (1 round)", "PaST (2 rounds)", RANDOM_CONTROL]
     assert table.score.between(0, 100).all() and (table.judge == "token_f1").all()
     assert {"score_vs_baseline", "score_vs_baseline_ci_low", "n_documents", "paper_reported"} <= set(table.columns)
     summary = pd.read_csv(figs / "orthogonality_summary.csv")

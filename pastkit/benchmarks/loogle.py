@@ -41,7 +41,7 @@ from ..evaluation import draw_method_rows, summarize, verdict
 from ..generation import generate
 from ..judges import STRICT_METRICS, JudgePrompt, make_judge
 from ..knowledge import SFTSpec
-from ..past import Domain, Engine, SFTPhase, Study, digest, rounds_table
+from ..past import RANDOM_CONTROL, Domain, Engine, SFTPhase, Study, digest, rounds_table
 from ..skill_rl import RLTask, closed_book_task
 from .squad import split_sentences
 
@@ -303,6 +303,7 @@ class LoogleParams(PastParams):
 
     non_negative: ClassVar[set] = {"excerpt_words", "chunk_overlap", "qa_overlap", "summaries_per_chunk"}
 
+    seeds: list = field(default_factory=lambda: [0, 1, 2])  # Table 2 over three seeds: one seed cannot tell
     documents: str = SHIPPED                    # "shortdep_qa" (5 shipped), a JSONL path (105: the paper's), or hub
     source_docs: int = 1                        # documents per source round (paper E.1: 5)
     val_docs: int = 1                           # validation documents for RL checkpoint selection (paper: 5)
@@ -605,6 +606,7 @@ def run_table2(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
         models = {BASE: engine.base_model(), TARGET: engine.adapt(unit, "target_sft"),
                   past_label(1): engine.adapt(unit, "post_hoc", rounds[0])}
         models[past_label(p.rounds)] = engine.adapt(unit, "post_hoc", rounds[-1])
+        models[RANDOM_CONTROL] = engine.random_control(unit, rounds[-1])
         for method, model in models.items():
             frames.append(engine.answers(model, unit).assign(method=method, seed=engine.seed))
     answers = pd.concat(frames, ignore_index=True)
@@ -658,7 +660,7 @@ def conclusion(table: pd.DataFrame) -> str:
     if not lo > 0:
         lines.append("The knowledge SFT did not measurably teach the test documents, so no PaST row below can show "
                      "a skill applied to learned knowledge.")
-    for m in [m for m in rows.index if m.startswith("PaST")]:
+    for m in [m for m in rows.index if m.startswith("PaST") or m == RANDOM_CONTROL]:
         r = rows.loc[m]
         lines.append(f"{m} − Target SFT = {r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, "
                      f"{r.score_vs_baseline_ci_high:+.1f}] points: "
