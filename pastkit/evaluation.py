@@ -117,8 +117,36 @@ def summarize(answers: pd.DataFrame, baseline: str, metrics: tuple[str, ...] = (
                             f"{m}_seed_ci_low": 100 * slo, f"{m}_seed_ci_high": 100 * shi,
                             f"{m}_vs_baseline_seed_ci_low": 100 * dslo, f"{m}_vs_baseline_seed_ci_high": 100 * dshi,
                             f"{m}_per_seed": "; ".join(f"{s}: {100 * v:.1f}" for s, v in per_seed.items())})
+            if "prediction" in df:  # how long the answers are: token F1 pays for precision as well as recall
+                row["words"] = float(df["prediction"].fillna("").astype(str).str.split().str.len().mean())
             rows.append(row)
     return pd.DataFrame(rows).round(2)
+
+
+def length_note(table: pd.DataFrame, baseline: str, by: tuple[str, ...] = ()) -> str:
+    """For each method that beats `baseline` on the score (interval above zero): its answers' length against the
+    baseline's, and its difference on the strict metric `contains`. Token F1 rewards a shorter answer that keeps
+    the gold words, so a score gain with shorter answers and no gain in `contains` is a change in the form of the
+    answers (RL's brevity carried over), not more facts recalled; the sentence says which it is."""
+    if "words" not in table or "contains_vs_baseline" not in table:
+        return ""
+    lines = []
+    for keys, t in table.groupby(list(by), sort=False) if by else [((), table)]:
+        label = f"[{', '.join(map(str, keys if isinstance(keys, tuple) else (keys,)))}] " if by else ""
+        base = t[t.method == baseline].iloc[0]
+        for r in t[(t.method != baseline) & (t.score_vs_baseline_ci_low > 0)].itertuples():
+            strict = (f"{r.contains_vs_baseline:+.1f} [{r.contains_vs_baseline_ci_low:+.1f}, "
+                      f"{r.contains_vs_baseline_ci_high:+.1f}]")
+            if r.contains_vs_baseline_ci_low > 0:
+                what = "it also contains the gold answer more often, so more facts are recalled, not only shorter"
+            elif r.words < base.words:
+                what = ("shorter answers that contain the gold answer no more often: the gain is in the form of the "
+                        "answers (token F1's precision), not in facts recalled")
+            else:
+                what = "its answers are no shorter, so length does not explain the gain"
+            lines.append(f"{label}{r.method} answers in {r.words:.1f} words against {base.words:.1f} for {baseline}, "
+                         f"and contains the gold answer {strict} points: {what}.")
+    return "\n".join(lines)
 
 
 def verdict(diff: float, low: float, high: float) -> str:
