@@ -1,10 +1,11 @@
-"""RL's gate on SQuAD for GRPO settings given on the command line: the source rounds only, never a target or test
-passage. Prints the reward per round, the gate table and its verdict.
+"""RL's gate for GRPO settings given on the command line: the source rounds only, never a target or test item.
+Prints the reward per round, the gate table and its verdict.
 
-    .venv/bin/python bench/squad_rl_gate.py --set rl_prompts_per_step=8 --set rl_beta=0 --set rl_lr=5e-5
+    .venv/bin/python bench/rl_gate.py --set rl_prompts_per_step=8 --set rl_beta=0 --set rl_lr=5e-5
+    .venv/bin/python bench/rl_gate.py --benchmark toolbench --set rl_prompts_per_step=4 --set rl_epochs=8
 
 Each --set KEY=VALUE overrides the profile (`--profile`, default cpu); values are read as YAML (numbers, lists).
-Stages are cached like a notebook's, so settings that share the SFT reuse it.
+Stages are cached like a notebook's, so settings that share the SFT reuse it, and θ_init's answers on the gate.
 """
 
 from __future__ import annotations
@@ -14,30 +15,43 @@ import time
 
 import yaml
 
-from pastkit.benchmarks.squad import Squad, SquadParams
+from pastkit.benchmarks import Loogle, Squad, Toolbench
 from pastkit.config import load_profile
 from pastkit.past import Study, gate_verdict, rl_gate, rounds_table
+
+BENCHMARKS = {b.name: b for b in (Squad, Loogle, Toolbench)}
+
+
+def _value(text: str):
+    """A --set value as YAML, except that "5e-5" is a number (YAML 1.1 reads it as a string)."""
+    value = yaml.safe_load(text)
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="squad")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
+    bench = BENCHMARKS[args.benchmark]()
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    params = SquadParams.from_profile({**load_profile(args.profile), **overrides})
-    unknown = set(overrides) - SquadParams.names()
+        overrides[key] = _value(value)
+    unknown = set(overrides) - bench.params.names()
     if unknown:
-        raise SystemExit(f"not SQuAD parameters: {sorted(unknown)}")
+        raise SystemExit(f"not {args.benchmark} parameters: {sorted(unknown)}")
+    params = bench.params.from_profile({**load_profile(args.profile), **overrides})
     t0 = time.time()
-    study = Study.run(Squad(), params)
+    study = Study.run(bench, params)
     gate = rl_gate(study)
-    print(f"\nsettings: {overrides} (profile {args.profile}); {time.time() - t0:.0f} s")
+    print(f"\n{args.benchmark} settings: {overrides} (profile {args.profile}); {time.time() - t0:.0f} s")
     print(rounds_table(study).to_markdown(index=False))
     print(gate.to_markdown(index=False))
     print(gate_verdict(gate))

@@ -118,7 +118,7 @@ def controls(study: Study, unit: Domain, random_seeds: tuple[int, ...] = (0,)) -
         models = {TARGET: target, "+ λ·v (PaST)": engine.adapt(unit, "post_hoc", source),
                   "− λ·v": engine.model_of(target.stage, source.vector, -lam)}
         for s in random_seeds:
-            models[f"{RANDOM_CONTROL} (draw {s})"] = engine.random_control(unit, source, s)
+            models[f"{RANDOM_CONTROL} (draw {s})"] = engine.random_control(target, source, s)
         frames += [engine.answers(m, unit).assign(method=name, seed=engine.seed) for name, m in models.items()]
     return pd.concat(frames, ignore_index=True)
 

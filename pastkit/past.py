@@ -370,11 +370,10 @@ class Engine:
             return self.model_of(sft, source.vector, lam)
         return self.model_of(self.with_vector(sft, source.vector, lam))
 
-    def random_control(self, unit: Domain, source: Round, draw: int = 0) -> Model:
-        """θ_T + λ·r on `unit`, r with the norm of `source`'s v in every tensor and a random direction (`draw`):
-        the control that says whether PaST's gain comes from v's direction or would come from any vector of its
-        size."""
-        target = self.adapt(unit, "target_sft")
+    def random_control(self, target: Model, source: Round, draw: int = 0) -> Model:
+        """θ_T + λ·r for `target` (a unit's Target SFT model), r with the norm of `source`'s v in every tensor and
+        a random direction (`draw`): the control that says whether PaST's gain comes from v's direction or would
+        come from any vector of its size."""
         return self.model_of(target.stage, self.derived_vector("random", [source.vector], draw), self.p.lam)
 
     def model_of(self, stage: Stage, vector: Stage | None = None, lam: float = 1.0) -> Model:
@@ -598,8 +597,12 @@ def rl_gate(study: Study) -> pd.DataFrame:
 
 
 def gate_verdict(gate: pd.DataFrame) -> str:
-    """The gate in words: which rounds' RL measurably learned on held-out source questions, and what follows."""
+    """The gate in words: which rounds' RL measurably learned on held-out source questions, and what follows. Each
+    round is told by its first metric (the benchmark's score) and by any other metric that passed; the table holds
+    every metric."""
     passed = gate[gate.passed]
+    rounds = gate.groupby(["seed", "round"], sort=False)
+    told = gate[rounds.cumcount().eq(0) | gate.passed]
 
     def said(g) -> str:
         if not g.items:
@@ -609,14 +612,18 @@ def gate_verdict(gate: pd.DataFrame) -> str:
             f"[{g.lo:+.1f}, {g.hi:+.1f}] ({_detectable(g.mde)}, {g.documents} documents{few})" if g.documents > 1
             else "(one document: no interval over documents)")
 
-    head = "; ".join(said(g) for g in gate.itertuples())
+    head = "; ".join(said(g) for g in told.itertuples())
+    n = rounds.ngroups
+    where = f"in any of {n} rounds" if n > 1 else "in its one round"
     if passed.empty:
         return (f"RL's gate fails: on source questions RL did not train on, θ_rl is not measurably better than "
-                f"θ_init in any round ({head}). The PaST comparison below therefore cannot show a transferred "
-                "skill: whatever it finds, RL learned nothing measurable to transfer.")
+                f"θ_init {where} ({head}). The PaST comparison below therefore cannot show a transferred skill: "
+                "whatever it finds, RL learned nothing measurable to transfer.")
     shown = ", ".join(f"seed {g.seed} round {g.round} ({g.metric})" for g in passed.itertuples())
-    return (f"RL's gate passes for {shown}: on held-out source questions θ_rl beats θ_init with an interval "
-            f"above zero ({head}). Read the answers before and after RL to see what the skill is.")
+    k = passed.groupby(["seed", "round"]).ngroups
+    return (f"RL's gate passes for {shown}{f', {k} of {n} rounds' * (n > 1)}: on held-out source questions θ_rl "
+            f"beats θ_init with an interval above zero there ({head}). Read the answers before and after RL to see "
+            "what the skill is.")
 
 
 def _detectable(mde: float) -> str:

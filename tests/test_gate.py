@@ -107,3 +107,18 @@ def test_an_interval_above_zero_over_too_few_documents_does_not_pass():
     gate = pd.DataFrame([{"seed": 0, "round": 1, "metric": "score", "delta": 24.5, "lo": 10.0, "hi": 42.9, "mde": 58.9,
                           "items": 4, "documents": 3, "passed": gate_passes(10.0, 3)}])
     assert "3 documents; too few to pass, 5 needed" in gate_verdict(gate) and "RL's gate fails" in gate_verdict(gate)
+
+
+def test_the_verdict_tells_each_round_by_its_score_and_counts_the_rounds_that_passed():
+    def row(seed, rnd, metric, delta, lo, passed):
+        return {"seed": seed, "round": rnd, "metric": metric, "delta": delta, "lo": lo, "hi": delta + 5, "mde": 4.0,
+                "items": 30, "documents": 6, "passed": passed}
+
+    gate = pd.DataFrame([row(0, 1, "score", 1.0, -2.0, False), row(0, 1, "contains", 9.0, 3.0, True),
+                         row(0, 1, "exact", 0.0, 0.0, False), row(1, 1, "score", -1.0, -4.0, False),
+                         row(1, 1, "contains", 2.0, -1.0, False)])
+    text = gate_verdict(gate)
+    assert text.startswith("RL's gate passes for seed 0 round 1 (contains), 1 of 2 rounds")
+    assert "seed 0 round 1 score +1.0" in text and "seed 0 round 1 contains +9.0" in text  # its score, what passed
+    assert "seed 1 round 1 score -1.0" in text and "seed 1 round 1 contains" not in text and "exact" not in text
+    assert "in any of 2 rounds" in gate_verdict(gate.assign(passed=False))

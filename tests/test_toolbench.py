@@ -30,8 +30,11 @@ from pastkit.benchmarks.toolbench.benchmark import (
     derive,
     fig3_table,
     load_toolbench,
+    markdown_fig3,
     paired_runs,
+    plot_fig3,
 )
+from pastkit.past import RANDOM_CONTROL
 
 API = {"category_name": "Movies", "tool_name": "Film DB", "api_name": "Get Movie", "api_description": "A movie by id",
        "required_parameters": [{"name": "movie_id", "type": "NUMBER", "description": "", "default": "7"}],
@@ -266,6 +269,27 @@ def test_fig3_table_pairs_by_query_and_averages_over_categories():
     assert t.loc["A", "PaST − Target SFT"] == 100 and t.loc["B", "PaST − Target SFT"] == 0
     avg = t.loc["Average (over categories)"]
     assert avg["Target SFT %"] == 12.5 and avg["PaST %"] == 62.5 and avg["PaST − Target SFT"] == 50
+    assert "random %" not in t  # no random control in the answers, no column for it
+
+
+def test_fig3_random_control_is_compared_with_target_sft_like_past():
+    rows = []
+    for cat, scores in {"A": ([0, 0, 1], [1, 1, 1], [0, 1, 1]), "B": ([1, 0, 0], [1, 0, 0], [0, 0, 0])}.items():
+        for method, xs in zip(("Target SFT", "PaST", RANDOM_CONTROL), scores):
+            rows += [{"category": cat, "method": method, "document": f"{cat}{i}", "score": x, "seed": 0}
+                     for i, x in enumerate(xs)]
+    t = fig3_table(pd.DataFrame(rows))
+    by = t.set_index("category")
+    assert by.loc["A", "random − Target SFT"] == pytest.approx(33.3) and by.loc["B", "random − Target SFT"] == \
+        pytest.approx(-33.3)
+    assert by.loc["A", "PaST − Target SFT"] == pytest.approx(66.7)  # PaST's columns untouched by the third method
+    avg = by.loc["Average (over categories)"]
+    assert avg["random %"] == pytest.approx(100 * (2 / 3 + 0) / 2, abs=0.1) and avg["random − Target SFT"] == 0
+    assert avg["random diff low"] < 0 < avg["random diff high"] and avg["random mde"] > 0
+    md = markdown_fig3(t, "caption")
+    assert "random − Target SFT [95% CI]" in md and RANDOM_CONTROL in md
+    fig = plot_fig3(t, "caption")
+    assert len(fig.axes[0].patches) == 3 * len(t)  # a bar per method and row
 
 
 def test_paired_runs_compares_the_two_models_run_for_run():

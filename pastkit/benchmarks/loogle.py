@@ -606,7 +606,7 @@ def run_table2(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
         models = {BASE: engine.base_model(), TARGET: engine.adapt(unit, "target_sft"),
                   past_label(1): engine.adapt(unit, "post_hoc", rounds[0])}
         models[past_label(p.rounds)] = engine.adapt(unit, "post_hoc", rounds[-1])
-        models[RANDOM_CONTROL] = engine.random_control(unit, rounds[-1])
+        models[RANDOM_CONTROL] = engine.random_control(models[TARGET], rounds[-1])
         for method, model in models.items():
             frames.append(engine.answers(model, unit).assign(method=method, seed=engine.seed))
     answers = pd.concat(frames, ignore_index=True)

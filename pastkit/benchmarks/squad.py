@@ -130,7 +130,7 @@ class SquadParams(PastParams):
     single_epochs: int = 5                      # single-passage epochs (paper Table 8: 10)
     single_lr: float = 1e-3                     # single-passage learning rate (paper Table 8)
     eval_max_new_tokens: int = 48               # greedy answer length at evaluation
-    # GRPO on SQuAD, chosen on the source rounds (bench/squad_rl_gate.py, 3 seeds): batched steps whose reward
+    # GRPO on SQuAD, chosen on the source rounds (bench/rl_gate.py, 3 seeds): batched steps whose reward
     # rises in every round, where 24 one-prompt steps' did not; about the same time
     rl_prompts: int = 16                        # source questions GRPO asks per round; the rest are RL's gate
     rl_prompts_per_step: int = 8                # prompts per optimizer step, rolled out as one batch (paper: 32)
@@ -283,12 +283,13 @@ def run_table1(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
         rounds = study.rounds[engine.seed]
         for regime in p.regimes:
             for unit in bench.target_units(p, regime):
+                target = engine.adapt(unit, "target_sft")
                 models = {BASE: engine.base_model(),
                           PASSAGE: engine.adapt(unit, "target_sft", variant="passage_only"),
-                          SYNTH: engine.adapt(unit, "target_sft"),
+                          SYNTH: target,
                           past_label(1): engine.adapt(unit, "post_hoc", rounds[0]),
                           past_label(p.rounds): engine.adapt(unit, "post_hoc", rounds[-1]),
-                          RANDOM_CONTROL: engine.random_control(unit, rounds[-1])}
+                          RANDOM_CONTROL: engine.random_control(target, rounds[-1])}
                 for method, model in models.items():
                     frames.append(engine.answers(model, unit).assign(method=method, regime=regime, seed=engine.seed))
     answers = pd.concat(frames, ignore_index=True)
