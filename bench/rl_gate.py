@@ -13,22 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import yaml
-
 from pastkit.benchmarks import Loogle, Squad, Toolbench
-from pastkit.config import load_profile
+from pastkit.config import load_profile, read_yaml
 from pastkit.past import Study, gate_verdict, rl_gate, rounds_table
 
 BENCHMARKS = {b.name: b for b in (Squad, Loogle, Toolbench)}
-
-
-def _value(text: str):
-    """A --set value as YAML, except that "5e-5" is a number (YAML 1.1 reads it as a string)."""
-    value = yaml.safe_load(text)
-    try:
-        return float(value) if isinstance(value, str) else value
-    except ValueError:
-        return value
 
 
 def main():
@@ -43,7 +32,7 @@ def main():
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: KEY=VALUE")
-        overrides[key] = _value(value)
+        overrides[key] = read_yaml(value)
     unknown = set(overrides) - bench.params.names()
     if unknown:
         raise SystemExit(f"not {args.benchmark} parameters: {sorted(unknown)}")

@@ -202,10 +202,9 @@ def _dispatch(args) -> int:
         cols = ["method", "n_items", "contains", "contains_ci_low", "contains_ci_high", "exact", "score"]
         print(table[cols].to_markdown(index=False))
     elif args.command == "run":
-        import yaml
-
+        from .config import read_yaml
         from .driver import run_profile
-        overrides = {name: yaml.safe_load(value) for name, value in args.parameter}
+        overrides = {name: read_yaml(value) for name, value in args.parameter}
         run_profile(args.profile, only=args.only, reference=args.reference, overrides=overrides)
     return 0
 

@@ -164,6 +164,20 @@ def injected_names(namespace: dict) -> list[str]:
     return names
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader that also reads 5e-5 as a number: YAML 1.1 wants a dot (5.0e-5) and reads 5e-5 as a
+    string, which a float parameter would then refuse."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    """A profile's or a command-line value's YAML, safely loaded (no Python objects), 5e-5 a number."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_profile(profile: str | Path) -> dict:
     """A profile YAML (a name in params/ or a path) as a flat dict of the values it overrides."""
     path = Path(profile)
@@ -173,7 +187,7 @@ def load_profile(profile: str | Path) -> dict:
         known = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"no params profile {profile!r} (known: {known})")
     try:
-        values = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        values = read_yaml(path.read_bytes().decode("utf-8")) or {}
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:

@@ -243,6 +243,18 @@ def test_malformed_profile_and_passages_files_are_named(tmp_path):
         load_passages(tmp_path / "x.json")
 
 
+def test_a_learning_rate_written_5e_5_is_a_float_in_profiles_and_on_the_command_line(tmp_path):
+    """YAML 1.1 reads 5e-5 as a string, which a float parameter refuses; the kit's reader takes it as the number."""
+    from pastkit.benchmarks.squad import SquadParams
+    from pastkit.config import load_profile, read_yaml
+    assert read_yaml("5e-5") == 5e-5 and read_yaml("-2E+3") == -2000.0 and read_yaml("5.0e-5") == 5e-5
+    assert read_yaml("abc") == "abc" and read_yaml("12") == 12 and read_yaml("[0, 1]") == [0, 1]
+    (tmp_path / "p.yaml").write_text("rl_lr: 5e-5\n")
+    assert SquadParams.from_profile(load_profile(tmp_path / "p.yaml")).rl_lr == 5e-5
+    with pytest.raises(Exception):  # still the safe loader: no Python objects
+        read_yaml("!!python/object/apply:os.system ['true']")
+
+
 def test_inject_into_an_adapter_uses_the_base_it_records(tiny_model, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
