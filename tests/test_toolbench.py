@@ -226,6 +226,9 @@ def test_shipped_data_and_params():
     gate_ids = {q["query_id"] for q in gate.data["queries"]}
     assert len(gate_ids) == p.gate_queries and not gate_ids & rl_ids  # never an RL prompt
     assert {q["category"] for q in gate.data["queries"]} == {"Movies"}  # never a target category's query
+    # the source SFT covers the gate's APIs (as SQuAD's covers its held-out questions' passages), not its queries
+    assert {n for q in gate.data["queries"] for n in q["apis"]} <= set(source.data["apis"])
+    assert set(source.data["apis"]) == {n for q in [*source.data["queries"], *gate.data["queries"]] for n in q["apis"]}
     everything = replace(p, rl_prompts=len(Toolbench().category_queries(p, "Movies")))
     assert Toolbench().gate_unit(SimpleNamespace(p=everything), source) is None
 

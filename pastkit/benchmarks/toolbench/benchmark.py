@@ -264,25 +264,31 @@ class Toolbench:
         """The solution judge (F.3.1): the LLM one (Table 18) when the params say judge = "llm", else by rule."""
         return make_solution_judge("llm" if p.judge == "llm" else "grounded")
 
-    def _domain(self, p: ToolbenchParams, category: str, queries: list[dict]) -> Domain:
-        apis = sorted({n for q in queries for n in q["apis"]})
+    def _domain(self, p: ToolbenchParams, category: str, queries: list[dict], also: list[dict] = ()) -> Domain:
+        """A domain of `queries` whose documents are the APIs they list, and those `also` lists."""
+        apis = sorted({n for q in [*queries, *also] for n in q["apis"]})
         return Domain(category, {"category": category, "queries": queries, "apis": apis},
                       digest([category, queries, [self.data(p)["tools"][n] for n in apis]]))
 
     def category_queries(self, p: ToolbenchParams, category: str) -> list[dict]:
         return [q for q in self.data(p)["queries"] if q["category"] == category]
 
-    def source_rounds(self, p: ToolbenchParams) -> list[Domain]:
-        """The source category's queries used for RL (`rl_prompts`, shuffled by a fixed seed): its SFT covers
-        the APIs they list."""
+    def rl_queries(self, p: ToolbenchParams) -> list[dict]:
+        """The source category's queries used for RL: `rl_prompts` of them, shuffled by a fixed seed."""
         qs = self.category_queries(p, p.source_category)
         random.Random(0).shuffle(qs)
-        return [self._domain(p, p.source_category, qs[:p.rl_prompts])]
+        return qs[:p.rl_prompts]
+
+    def source_rounds(self, p: ToolbenchParams) -> list[Domain]:
+        """RL on `rl_queries`; the source SFT covers the APIs they list and those of RL's gate queries, as
+        SQuAD's source SFT covers the passages its held-out questions ask about: the gate then asks whether RL
+        taught a skill with APIs the model has learned, as PaST uses v on a target whose APIs it has learned."""
+        return [self._domain(p, p.source_category, self.rl_queries(p), also=self.held_out(p)[:p.gate_queries])]
 
     def held_out(self, p: ToolbenchParams) -> list[dict]:
         """Source-category queries RL does not use, those listing the fewest APIs first (by cost, as the cpu
         targets; file order breaks ties)."""
-        used = {q["query_id"] for q in self.source_rounds(p)[0].data["queries"]}
+        used = {q["query_id"] for q in self.rl_queries(p)}
         held = [q for q in self.category_queries(p, p.source_category) if q["query_id"] not in used]
         return sorted(held, key=lambda q: len(q["apis"]))
 
