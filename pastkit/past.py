@@ -226,7 +226,9 @@ class Engine:
         return stage
 
     def with_vector(self, model: Stage | None, vector: Stage, lam: float) -> Stage:
-        """θ + λ·v on disk, through the vector core (`inject`); model None is the base model."""
+        """θ + λ·v on disk, through the vector core (`inject`), for a stage that trains from it (round k's RL,
+        pre-injection's SFT); model None is the base model. A model only scored is composed in memory
+        (`model_of`)."""
         src = model.path / "model" if model else self.base
 
         def build(tmp: Path):
@@ -364,11 +366,9 @@ class Engine:
         start = {"base": None, "base+v": lambda: self.with_vector(None, source.vector, lam),
                  "source_rl": lambda: source.rl}[s.start]
         sft = self.sft(start() if start else None, self.bench.sft_phases(self, unit, variant))
-        if not s.post_hoc:
-            return self.model_of(sft)
-        if (sft.path / "model" / "adapter_config.json").exists():  # LoRA: compose in memory, write nothing
-            return self.model_of(sft, source.vector, lam)
-        return self.model_of(self.with_vector(sft, source.vector, lam))
+        # post-hoc: θ_T + λ·v composed in memory when loaded (the same add as `inject`), so no 0.5 GB model is
+        # written per target, λ and round
+        return self.model_of(sft, source.vector, lam) if s.post_hoc else self.model_of(sft)
 
     def random_control(self, target: Model, source: Round, draw: int = 0) -> Model:
         """θ_T + λ·r for `target` (a unit's Target SFT model), r with the norm of `source`'s v in every tensor and
