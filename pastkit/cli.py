@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="write the committed reference results into figures/ and their pages into docs/results/ "
                           "(cpu profile only, no -p; `make figures`)")
 
-    stages = sub.add_parser("stages", help="the stage cache ($PASTKIT_RUNS): sizes, and stages no run used lately")
+    stages = sub.add_parser("stages", help="the stage cache ($PASTKIT_RUNS): sizes, build times, and stages no "
+                                           "run used lately")
     stages.add_argument("--unused-for", metavar="AGE",
                         help="list the stages no run built or read back in this long (e.g. 90m, 2h, 3d)")
     stages.add_argument("--delete", action="store_true", help="delete the stages --unused-for lists")
@@ -122,6 +123,9 @@ def _stages(args) -> None:
     def when(seconds: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
+    def built(stages) -> str:
+        return f"{sum(c.seconds for c in stages) / 60:.1f} min to build"
+
     if args.unused_for is None:
         if args.delete:
             raise ValueError("--delete needs --unused-for: say which stages to delete")
@@ -129,9 +133,10 @@ def _stages(args) -> None:
         for c in cached_stages():
             kinds[c.name].append(c)
         every = [c for cs in kinds.values() for c in cs]
-        print(f"{runs_dir()}: {len(every)} stages, {gb(every)}")
+        print(f"{runs_dir()}: {len(every)} stages, {gb(every)}, {built(every)}")
         for name, cs in sorted(kinds.items()):
-            print(f"  {name:<18} {len(cs):>4} stages {gb(cs):>10}   last used {when(max(c.last_used for c in cs))}")
+            print(f"  {name:<18} {len(cs):>4} stages {gb(cs):>10} {built(cs):>18}   "
+                  f"last used {when(max(c.last_used for c in cs))}")
         for where, n in Counter(describe_machine(built_on(c.path)) for c in every).most_common():
             print(f"  built on {where}: {n} stage{'s' * (n != 1)}")
         return

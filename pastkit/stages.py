@@ -314,6 +314,7 @@ class CachedStage:
     name: str
     last_used: float  # seconds since the epoch: when a run last built or read it back
     bytes: int
+    seconds: float  # how long it took to build (stage.json): where a run's time went
 
 
 def cached_stages() -> list[CachedStage]:
@@ -324,7 +325,8 @@ def cached_stages() -> list[CachedStage]:
             record = d / STAGE_FILE
             if d.is_dir() and record.is_file():
                 size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-                found.append(CachedStage(d, d.name.rsplit("-", 1)[0], record.stat().st_mtime, size))
+                found.append(CachedStage(d, d.name.rsplit("-", 1)[0], record.stat().st_mtime, size,
+                                         float(json.loads(record.read_text()).get("seconds", 0))))
     return sorted(found, key=lambda c: c.last_used)
 
 

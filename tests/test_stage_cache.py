@@ -3,6 +3,7 @@ says what to do when it fills the disk."""
 
 import errno
 import fcntl
+import json
 import os
 import time
 
@@ -67,12 +68,15 @@ def test_stages_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
     _age(_stage(1), 5)
     _stage(2)
+    record = json.loads((_stage(3).path / STAGE_FILE).read_text())  # a stage that took 90 s to build
+    (tmp_path / f"answers-{record['key']}" / STAGE_FILE).write_text(json.dumps({**record, "seconds": 90.0}))
     assert main(["stages"]) == 0
-    assert "2 stages" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 stages" in out and "1.5 min to build" in out  # where a run's time went, per kind of stage
     assert main(["stages", "--unused-for", "2h"]) == 0
-    assert "1 stages" in capsys.readouterr().out and len(cached_stages()) == 2
+    assert "1 stages" in capsys.readouterr().out and len(cached_stages()) == 3
     assert main(["stages", "--unused-for", "2h", "--delete"]) == 0
-    assert "deleted" in capsys.readouterr().out and len(cached_stages()) == 1
+    assert "deleted" in capsys.readouterr().out and len(cached_stages()) == 2
 
 
 @pytest.mark.parametrize("argv, message", [(["stages", "--unused-for", "3x"], "a number with m, h or d"),
