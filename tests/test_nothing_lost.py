@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from conftest import listing, llama_like, save_ckpt
 
 from pastkit import CheckpointError, SkillVector, inject
@@ -251,7 +252,7 @@ def test_a_learning_rate_written_5e_5_is_a_float_in_profiles_and_on_the_command_
     assert read_yaml("abc") == "abc" and read_yaml("12") == 12 and read_yaml("[0, 1]") == [0, 1]
     (tmp_path / "p.yaml").write_text("rl_lr: 5e-5\n")
     assert SquadParams.from_profile(load_profile(tmp_path / "p.yaml")).rl_lr == 5e-5
-    with pytest.raises(Exception):  # still the safe loader: no Python objects
+    with pytest.raises(yaml.constructor.ConstructorError):  # still the safe loader: no Python objects
         read_yaml("!!python/object/apply:os.system ['true']")
 
 
