@@ -116,8 +116,8 @@ def test_every_transfer_strategy_starts_and_ends_where_the_paper_says(runs):
     k = "model.layers.1.self_attn.q_proj.weight"
     composed = dict(post.load()[0].state_dict())
     assert torch.allclose(composed[k], t[k] + v[k], atol=1e-6)
-    injected = _weights(engine.with_vector(sft, source.vector, 1.0))
-    assert all(torch.equal(composed[name], injected[name]) for name in injected)
+    on_disk = _weights(engine.with_vector(sft, source.vector, 1.0))
+    assert all(torch.equal(composed[name], on_disk[name]) for name in on_disk)
     pre = models["pre_injection"].stage  # SFT starting from θ_base + λ·v
     start = json.loads((pre.path / "stage.json").read_text())["inputs"]["start"]
     injected = [p for p in runs.glob("inject-*") if _inputs_dir(p).get("model") == engine.base_key]
