@@ -115,16 +115,13 @@ def _stages(args) -> None:
     from collections import Counter, defaultdict
 
     from .places import runs_dir
-    from .stages import built_on, cached_stages, describe_machine, prune
+    from .stages import cached_stages, describe_machine, prune, stage_record
 
     def gb(stages) -> str:
         return f"{sum(c.bytes for c in stages) / 1e9:.2f} GB"
 
     def when(seconds: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
-
-    def built(stages) -> str:
-        return f"{sum(c.seconds for c in stages) / 60:.1f} min to build"
 
     if args.unused_for is None:
         if args.delete:
@@ -133,11 +130,16 @@ def _stages(args) -> None:
         for c in cached_stages():
             kinds[c.name].append(c)
         every = [c for cs in kinds.values() for c in cs]
+        records = {c.path: stage_record(c.path) for c in every}  # each stage.json read once
+
+        def built(stages) -> str:  # how long they took to build: where a run's time went
+            return f"{sum(records[c.path].get('seconds', 0) for c in stages) / 60:.1f} min to build"
+
         print(f"{runs_dir()}: {len(every)} stages, {gb(every)}, {built(every)}")
         for name, cs in sorted(kinds.items()):
             print(f"  {name:<18} {len(cs):>4} stages {gb(cs):>10} {built(cs):>18}   "
                   f"last used {when(max(c.last_used for c in cs))}")
-        for where, n in Counter(describe_machine(built_on(c.path)) for c in every).most_common():
+        for where, n in Counter(describe_machine(records[c.path].get("machine")) for c in every).most_common():
             print(f"  built on {where}: {n} stage{'s' * (n != 1)}")
         return
     old = prune(time.time() - _age_seconds(args.unused_for), delete=args.delete)

@@ -228,12 +228,14 @@ def machines_used() -> list[dict]:
             for m, n in ((json.loads(k), n) for k, n in counts.items())]
 
 
-def built_on(stage_dir: Path) -> dict | None:
-    """The machine a finished stage records (None: built before stages recorded it, or its stage.json unreadable)."""
+def stage_record(stage_dir: Path) -> dict:
+    """A finished stage's stage.json as it stands, {} where it is unreadable: for listing the cache, which must
+    still work (and prune) where a record is damaged."""
     try:
-        return json.loads((stage_dir / STAGE_FILE).read_text()).get("machine")
-    except (OSError, ValueError, AttributeError):
-        return None
+        record = json.loads((stage_dir / STAGE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def describe_machine(m: dict | None) -> str:
@@ -302,10 +304,6 @@ def stage_inputs(stage: Stage) -> dict:
     return json.loads((stage.path / STAGE_FILE).read_text())["inputs"]
 
 
-def stage_seconds(stage: Stage) -> float:
-    return json.loads((stage.path / STAGE_FILE).read_text())["seconds"]
-
-
 @dataclass(frozen=True)
 class CachedStage:
     """A finished stage in the runs folder, as `cached_stages` finds it."""
@@ -314,7 +312,6 @@ class CachedStage:
     name: str
     last_used: float  # seconds since the epoch: when a run last built or read it back
     bytes: int
-    seconds: float  # how long it took to build (stage.json): where a run's time went
 
 
 def cached_stages() -> list[CachedStage]:
@@ -325,8 +322,7 @@ def cached_stages() -> list[CachedStage]:
             record = d / STAGE_FILE
             if d.is_dir() and record.is_file():
                 size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-                found.append(CachedStage(d, d.name.rsplit("-", 1)[0], record.stat().st_mtime, size,
-                                         float(json.loads(record.read_text()).get("seconds", 0))))
+                found.append(CachedStage(d, d.name.rsplit("-", 1)[0], record.stat().st_mtime, size))
     return sorted(found, key=lambda c: c.last_used)
 
 
