@@ -168,6 +168,9 @@ def test_notebooks_run_under_papermill_with_the_smoke_profile(tmp_path, monkeypa
     f3 = pd.read_csv(tools / "fig3_toolbench.csv")
     assert list(f3.category) == ["Text_Analysis", "Average (over categories)"]
     assert all(f3[c].between(0, 100).all() for c in ("Target SFT %", "PaST %", "random %"))
+    by_seed = pd.read_csv(tools / "fig3_toolbench_seeds.csv")  # Fig. 3 seed by seed: every method, every category
+    assert sorted(by_seed.method) == sorted(["Target SFT", "PaST", RANDOM_CONTROL]) and (by_seed.seeds == 1).all()
+    assert by_seed.score_per_seed.str.startswith("0: ").all()
     prov = json.loads((tools / "fig3_toolbench.csv.provenance.json").read_text())
     assert prov["judge"]["solution_judge"] == "grounded" and prov["categories"] == ["Text_Analysis"]
     assert list(pd.read_csv(tools / "orthogonality_toolbench_summary.csv").pair) == ["ΔSFT1 vs ΔRL1", "v1 vs ΔT_sft"]

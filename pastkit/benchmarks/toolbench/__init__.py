@@ -3,6 +3,7 @@ multi-turn RL, scoring, Fig. 3) and the agent's world it plays in (`agent`: prom
 solution judges, the episode loop)."""
 
 from .benchmark import (
+    TARGET,
     Toolbench,
     ToolbenchParams,
     behaviour,
@@ -15,5 +16,5 @@ from .benchmark import (
     trajectories,
 )
 
-__all__ = ["Toolbench", "ToolbenchParams", "behaviour", "conclusion", "markdown_fig3",
+__all__ = ["TARGET", "Toolbench", "ToolbenchParams", "behaviour", "conclusion", "markdown_fig3",
            "paired_runs", "parameter_recall", "plot_fig3", "run_fig3", "trajectories"]
