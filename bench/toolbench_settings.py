@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from pastkit.benchmarks.toolbench.benchmark import ToolbenchParams, validation_check
+from pastkit.benchmarks.toolbench import ToolbenchParams
+from pastkit.benchmarks.toolbench.fig3 import validation_check
 from pastkit.report import quiet_libraries
 
 # The rule, fixed before any run: highest success, then more successful calls, then recall; a tie keeps the

@@ -28,12 +28,9 @@ from pastkit.benchmarks.toolbench.benchmark import (
     ToolbenchParams,
     alignment_records,
     derive,
-    fig3_table,
     load_toolbench,
-    markdown_fig3,
-    paired_runs,
-    plot_fig3,
 )
+from pastkit.benchmarks.toolbench.fig3 import fig3_table, markdown_fig3, paired_runs, plot_fig3
 from pastkit.past import RANDOM_CONTROL
 
 API = {"category_name": "Movies", "tool_name": "Film DB", "api_name": "Get Movie", "api_description": "A movie by id",
@@ -388,7 +385,7 @@ def test_cpu_bf16_trains_in_bf16_but_models_are_scored_in_fp32(tmp_path, monkeyp
     """bf16 rounds most of a small v away in a matmul (README), so episodes and recall run without autocast."""
     import pastkit.generation
     import pastkit.training
-    from pastkit.benchmarks.toolbench.benchmark import recall_rows
+    from pastkit.benchmarks.toolbench.fig3 import recall_rows
     from pastkit.generation import load_model
     from pastkit.past import Engine
 
