@@ -79,7 +79,6 @@ def test_stages_command(tmp_path, monkeypatch, capsys):
     assert "deleted" in capsys.readouterr().out and len(cached_stages()) == 2
 
 
-
 def test_the_cache_listing_survives_a_damaged_stage_record(tmp_path, monkeypatch, capsys):
     """`pastkit stages` is how a damaged stage is found and pruned, so a record it cannot read is listed, not fatal."""
     monkeypatch.setenv("PASTKIT_RUNS", str(tmp_path))
@@ -90,6 +89,7 @@ def test_the_cache_listing_survives_a_damaged_stage_record(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "1 stages" in out and "0.0 min to build" in out and "not recorded" in out
     assert main(["stages", "--unused-for", "2h", "--delete"]) == 0 and cached_stages() == []
+
 
 @pytest.mark.parametrize("argv, message", [(["stages", "--unused-for", "3x"], "a number with m, h or d"),
                                            (["stages", "--unused-for=-1h"], "must not be negative"),
