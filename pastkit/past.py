@@ -597,11 +597,17 @@ def rl_gate(study: Study) -> pd.DataFrame:
 
 
 def gate_verdict(gate: pd.DataFrame) -> str:
-    """The gate in words: which rounds' RL measurably learned on held-out source questions, and what follows. Each
-    round is told by its first metric (the benchmark's score) and by any other metric that passed; the table holds
-    every metric."""
-    passed = gate[gate.passed]
+    """The gate in words: which rounds' RL measurably learned on held-out source questions, and what follows.
+
+    A round passes on its first metric (the benchmark's score); another metric above zero is named, not counted,
+    since trying several metrics makes one of them pass by chance more often. With several rounds (seeds) one pass
+    is weak evidence: with no effect at all each round passes with probability `GATE_CHANCE` (its interval's
+    one-sided error), so the gate passes only where as many passes as seen would come by chance in under 5 % of
+    studies (`chance_of_passes`), and otherwise says it is inconclusive. The table holds every metric."""
     rounds = gate.groupby(["seed", "round"], sort=False)
+    first = gate[rounds.cumcount().eq(0)]
+    passed = first[first.passed]
+    others = gate[~rounds.cumcount().eq(0) & gate.passed]
     told = gate[rounds.cumcount().eq(0) | gate.passed]
 
     def said(g) -> str:
@@ -613,17 +619,39 @@ def gate_verdict(gate: pd.DataFrame) -> str:
             else "(one document: no interval over documents)")
 
     head = "; ".join(said(g) for g in told.itertuples())
-    n = rounds.ngroups
-    where = f"in any of {n} rounds" if n > 1 else "in its one round"
-    if passed.empty:
+    aside = "" if others.empty else (" Above zero on another metric, not counted: " + ", ".join(
+        f"seed {g.seed} round {g.round} ({g.metric})" for g in others.itertuples()) + ".")
+    n, k = rounds.ngroups, len(passed)
+    able = int((first.documents >= GATE_DOCUMENTS).sum())  # the rounds that could pass at all
+    metric = first.metric.iloc[0]
+    if k == 0:
+        where = f"in any of {n} rounds" if n > 1 else "in its one round"
         return (f"RL's gate fails: on source questions RL did not train on, θ_rl is not measurably better than "
-                f"θ_init {where} ({head}). The PaST comparison below therefore cannot show a transferred skill: "
-                "whatever it finds, RL learned nothing measurable to transfer.")
-    shown = ", ".join(f"seed {g.seed} round {g.round} ({g.metric})" for g in passed.itertuples())
-    k = passed.groupby(["seed", "round"]).ngroups
-    return (f"RL's gate passes for {shown}{f', {k} of {n} rounds' * (n > 1)}: on held-out source questions θ_rl "
-            f"beats θ_init with an interval above zero there ({head}). Read the answers before and after RL to see "
-            "what the skill is.")
+                f"θ_init on the {metric} {where} ({head}).{aside} The PaST comparison below therefore cannot show a "
+                "transferred skill: whatever it finds, RL learned nothing measurable to transfer.")
+    shown = ", ".join(f"seed {g.seed} round {g.round}" for g in passed.itertuples())
+    chance = chance_of_passes(k, able)
+    odds = (f"with no effect at all, {k} or more of {able} rounds would pass in {100 * chance:.1f} % of studies"
+            if able > 1 else f"with no effect at all, it would pass in {100 * chance:.1f} % of studies")
+    if able < n:
+        odds += f" ({n - able} of the {n} had too few documents to pass)"
+    if chance < 0.05:
+        return (f"RL's gate passes: on held-out source questions θ_rl beats θ_init on the {metric} with an "
+                f"interval above zero in {k} of {n} rounds ({shown}); {odds} ({head}).{aside} Read the answers "
+                "before and after RL to see what the skill is.")
+    return (f"RL's gate is inconclusive: {k} of {n} rounds pass on the {metric} ({shown}), about what chance alone "
+            f"gives: {odds} ({head}).{aside} The PaST comparison below cannot be read as the transfer of a skill "
+            "RL learned.")
+
+
+GATE_CHANCE = 0.025  # a round's chance to pass with no effect: a 95 % interval's one-sided error
+
+
+def chance_of_passes(k: int, n: int, p: float = GATE_CHANCE) -> float:
+    """The probability that `k` or more of `n` independent rounds pass the gate when RL learned nothing."""
+    from math import comb
+
+    return sum(comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
 def _detectable(mde: float) -> str:

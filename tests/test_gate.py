@@ -71,7 +71,8 @@ def test_rl_whose_reward_never_varies_fails_the_gate(tmp_path, monkeypatch):
 def test_a_gate_whose_interval_is_above_zero_passes():
     gate = pd.DataFrame([{"seed": 0, "round": 1, "metric": "score", "delta": 6.0, "lo": 1.5, "hi": 10.0, "mde": 5.0,
                           "items": 40, "documents": 12, "passed": True}])
-    assert gate_verdict(gate).startswith("RL's gate passes for seed 0 round 1 (score)")
+    assert gate_verdict(gate).startswith("RL's gate passes: on held-out source questions θ_rl beats θ_init on the "
+                                         "score with an interval above zero in 1 of 1 rounds (seed 0 round 1)")
 
 
 def test_a_round_of_one_document_has_no_interval_and_cannot_pass(tmp_path, monkeypatch):
@@ -109,7 +110,11 @@ def test_an_interval_above_zero_over_too_few_documents_does_not_pass():
     assert "3 documents; too few to pass, 5 needed" in gate_verdict(gate) and "RL's gate fails" in gate_verdict(gate)
 
 
-def test_the_verdict_tells_each_round_by_its_score_and_counts_the_rounds_that_passed():
+def test_the_verdict_decides_on_the_score_and_counts_passes_against_chance():
+    """A round passes on its score; another metric above zero is named, not counted. One pass among six rounds
+    is about what chance gives (14 % of studies with no effect), two of six are not (0.9 %)."""
+    from pastkit.past import chance_of_passes
+
     def row(seed, rnd, metric, delta, lo, passed):
         return {"seed": seed, "round": rnd, "metric": metric, "delta": delta, "lo": lo, "hi": delta + 5, "mde": 4.0,
                 "items": 30, "documents": 6, "passed": passed}
@@ -118,7 +123,13 @@ def test_the_verdict_tells_each_round_by_its_score_and_counts_the_rounds_that_pa
                          row(0, 1, "exact", 0.0, 0.0, False), row(1, 1, "score", -1.0, -4.0, False),
                          row(1, 1, "contains", 2.0, -1.0, False)])
     text = gate_verdict(gate)
-    assert text.startswith("RL's gate passes for seed 0 round 1 (contains), 1 of 2 rounds")
+    assert text.startswith("RL's gate fails") and "in any of 2 rounds" in text
+    assert "Above zero on another metric, not counted: seed 0 round 1 (contains)" in text
     assert "seed 0 round 1 score +1.0" in text and "seed 0 round 1 contains +9.0" in text  # its score, what passed
     assert "seed 1 round 1 score -1.0" in text and "seed 1 round 1 contains" not in text and "exact" not in text
-    assert "in any of 2 rounds" in gate_verdict(gate.assign(passed=False))
+
+    assert abs(chance_of_passes(1, 6) - (1 - 0.975 ** 6)) < 1e-12 and abs(chance_of_passes(0, 6) - 1) < 1e-12
+    six = pd.DataFrame([row(s, 1, "score", 6.0 if s < 2 else 0.0, 1.0 if s < 2 else -3.0, s < 2) for s in range(6)])
+    assert gate_verdict(six.assign(passed=six.seed < 1)).startswith("RL's gate is inconclusive: 1 of 6 rounds")
+    assert "in 14.1 % of studies" in gate_verdict(six.assign(passed=six.seed < 1))
+    assert gate_verdict(six).startswith("RL's gate passes") and "in 0.9 % of studies" in gate_verdict(six)
