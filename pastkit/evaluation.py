@@ -158,6 +158,25 @@ def verdict(diff: float, low: float, high: float) -> str:
     return "this run cannot tell them apart (the interval includes zero)"
 
 
+def against_paper(diff: float, low: float, high: float, mde: float, paper: float) -> str:
+    """Words for a paired difference beside the paper's effect for the same comparison: whether the paper's
+    effect lies inside this run's interval, and whether this evaluation could have seen an effect of that size
+    (its minimum detectable effect at 80 % power, `minimum_detectable_effect`, against the paper's)."""
+    if low <= paper <= high:
+        where = "lies inside this interval: this run neither confirms nor rules it out"
+    elif paper > high:
+        where = "lies above this interval: this run rules out an effect of the paper's size"
+    else:
+        where = "lies below this interval: the effect here is larger than the paper's"
+    if pd.isna(mde):
+        power = "no spread to say what effect this evaluation could detect"
+    elif mde <= abs(paper):
+        power = f"this evaluation detects {mde:.1f} points with 80 % power, so it could have seen an effect that large"
+    else:
+        power = f"this evaluation detects only {mde:.1f} points with 80 % power: too small to see an effect that large"
+    return f"the paper's effect (7B), {paper:+.1f} points, {where}; {power}"
+
+
 def draw_method_rows(ax, dax, t: pd.DataFrame, title: str, unit: str, baseline: str) -> None:
     """One panel pair of a methods table: score bars with intervals (PaST rows in red) on `ax`, and each row's
     paired difference to `baseline` with its interval on `dax`. `unit` names what the intervals resample."""

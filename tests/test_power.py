@@ -3,7 +3,7 @@ that size is detected about 80 % of the time."""
 
 import numpy as np
 
-from pastkit.evaluation import minimum_detectable_effect
+from pastkit.evaluation import against_paper, minimum_detectable_effect
 
 
 def test_mde_of_one_item_per_document_is_the_paired_t_formula():
@@ -52,3 +52,13 @@ def test_every_results_table_row_states_its_mde_against_the_baseline():
     diffs = (answers[answers.method == "PaST"].score.values - answers[answers.method == "Target SFT"].score.values)
     assert np.isclose(past["mde"], round(100 * minimum_detectable_effect(diffs, np.repeat(range(8), 4)), 2))
     assert past["contains_mde"] > 0 and np.isnan(table.set_index("method").loc["Target SFT", "mde"])
+
+
+def test_the_words_beside_the_papers_effect_follow_the_interval_and_the_mde():
+    """The paper's effect above, inside or below this run's interval, and an evaluation too small to see it."""
+    assert "rules out" in against_paper(3.4, 1.0, 5.6, 3.7, 8.3)
+    assert "could have seen" in against_paper(3.4, 1.0, 5.6, 3.7, 8.3)
+    assert "neither confirms nor rules it out" in against_paper(2.8, -1.0, 12.0, 14.3, 10.3)
+    assert "too small to see" in against_paper(2.8, -1.0, 12.0, 14.3, 10.3)
+    assert "larger than the paper's" in against_paper(20.0, 15.0, 25.0, 5.0, 10.3)
+    assert "no spread" in against_paper(0.0, 0.0, 0.0, float("nan"), 10.3)

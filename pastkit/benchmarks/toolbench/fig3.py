@@ -14,7 +14,7 @@ import re
 import pandas as pd
 
 from ...console import say
-from ...evaluation import bootstrap_interval, minimum_detectable_effect, paired_difference, verdict
+from ...evaluation import against_paper, bootstrap_interval, minimum_detectable_effect, paired_difference, verdict
 from ...generation import generate, load_model
 from ...past import RANDOM_CONTROL, Engine, Study
 from .benchmark import PAIR_PROMPTS, Toolbench, ToolbenchParams
@@ -290,6 +290,9 @@ def conclusion(table: pd.DataFrame, recall: pd.DataFrame, rounds: pd.DataFrame) 
                  f"[{avg['diff low']:+.1f}, {avg['diff high']:+.1f}] points: "
                  f"{verdict(avg['PaST − Target SFT'], avg['diff low'], avg['diff high'])}. "
                  f"(Paper, reported: {PAPER_FIG3[TARGET]}% → {PAPER_FIG3[PAST]}%.)")
+    if pd.notna(avg.get("paper_effect")):
+        lines[-1] += " Against the paper: " + against_paper(avg["PaST − Target SFT"], avg["diff low"],
+                                                            avg["diff high"], avg["mde"], avg["paper_effect"]) + "."
     better = int((table.iloc[:-1]["PaST − Target SFT"] > 0).sum())
     lines.append(f"PaST scored higher in {better} of {len(table) - 1} categories (paper: 20 of 20).")
     if "random %" in table:
