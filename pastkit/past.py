@@ -24,6 +24,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from math import comb
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -623,7 +624,7 @@ def gate_verdict(gate: pd.DataFrame) -> str:
         f"seed {g.seed} round {g.round} ({g.metric})" for g in others.itertuples()) + ".")
     n, k = rounds.ngroups, len(passed)
     able = int((first.documents >= GATE_DOCUMENTS).sum())  # the rounds that could pass at all
-    metric = first.metric.iloc[0]
+    metric = next(iter(first[first["items"] > 0].metric), "score")
     if k == 0:
         where = f"in any of {n} rounds" if n > 1 else "in its one round"
         return (f"RL's gate fails: on source questions RL did not train on, θ_rl is not measurably better than "
@@ -649,8 +650,6 @@ GATE_CHANCE = 0.025  # a round's chance to pass with no effect: a 95 % interval'
 
 def chance_of_passes(k: int, n: int, p: float = GATE_CHANCE) -> float:
     """The probability that `k` or more of `n` independent rounds pass the gate when RL learned nothing."""
-    from math import comb
-
     return sum(comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
