@@ -159,7 +159,7 @@ def verdict(diff: float, low: float, high: float) -> str:
 
 
 def against_paper(diff: float, low: float, high: float, mde: float, paper: float) -> str:
-    """Words for a paired difference beside the paper's effect for the same comparison: whether the paper's
+    """A sentence on a paired difference beside the paper's effect for the same comparison: whether the paper's
     effect lies inside this run's interval, and whether this evaluation could have seen an effect of that size
     (its minimum detectable effect at 80 % power, `minimum_detectable_effect`, against the paper's)."""
     if low <= paper <= high:
@@ -174,7 +174,7 @@ def against_paper(diff: float, low: float, high: float, mde: float, paper: float
         power = f"this evaluation detects {mde:.1f} points with 80 % power, so it could have seen an effect that large"
     else:
         power = f"this evaluation detects only {mde:.1f} points with 80 % power: too small to see an effect that large"
-    return f"the paper's effect (7B), {paper:+.1f} points, {where}; {power}"
+    return f"Against the paper: the paper's effect (7B), {paper:+.1f} points, {where}; {power}."
 
 
 def draw_method_rows(ax, dax, t: pd.DataFrame, title: str, unit: str, baseline: str) -> None:

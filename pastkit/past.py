@@ -554,6 +554,7 @@ def plot_reward_curves(study: Study, caption: str):
 
 
 GATE_DOCUMENTS = 5  # the fewest documents over which RL's gate can pass
+GATE_CHANCE = 0.025  # a round's chance to pass with no effect: a 95 % interval's one-sided error
 
 
 def gate_passes(low: float, documents: int) -> bool:
@@ -606,10 +607,11 @@ def gate_verdict(gate: pd.DataFrame) -> str:
     one-sided error), so the gate passes only where as many passes as seen would come by chance in under 5 % of
     studies (`chance_of_passes`), and otherwise says it is inconclusive. The table holds every metric."""
     rounds = gate.groupby(["seed", "round"], sort=False)
-    first = gate[rounds.cumcount().eq(0)]
+    is_first = rounds.cumcount().eq(0)
+    first = gate[is_first]
     passed = first[first.passed]
-    others = gate[~rounds.cumcount().eq(0) & gate.passed]
-    told = gate[rounds.cumcount().eq(0) | gate.passed]
+    others = gate[~is_first & gate.passed]
+    told = gate[is_first | gate.passed]
 
     def said(g) -> str:
         if not g.items:
@@ -643,9 +645,6 @@ def gate_verdict(gate: pd.DataFrame) -> str:
     return (f"RL's gate is inconclusive: {k} of {n} rounds pass on the {metric} ({shown}), about what chance alone "
             f"gives: {odds} ({head}).{aside} The PaST comparison below cannot be read as the transfer of a skill "
             "RL learned.")
-
-
-GATE_CHANCE = 0.025  # a round's chance to pass with no effect: a 95 % interval's one-sided error
 
 
 def chance_of_passes(k: int, n: int, p: float = GATE_CHANCE) -> float:

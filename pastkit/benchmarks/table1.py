@@ -106,10 +106,9 @@ def conclusion(table: pd.DataFrame) -> str:
                          f"{verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high)}; "
                          f"strict metric {r.contains_vs_baseline:+.1f} [{r.contains_vs_baseline_ci_low:+.1f}, "
                          f"{r.contains_vs_baseline_ci_high:+.1f}].")
-            if m != RANDOM_CONTROL and pd.notna(r.paper_effect):
-                lines[-1] += (" Against the paper: " + against_paper(r.score_vs_baseline, r.score_vs_baseline_ci_low,
-                                                                     r.score_vs_baseline_ci_high, r.mde,
-                                                                     r.paper_effect) + ".")
+            if pd.notna(r.paper_effect):  # the random control has none
+                lines[-1] += " " + against_paper(r.score_vs_baseline, r.score_vs_baseline_ci_low,
+                                                 r.score_vs_baseline_ci_high, r.mde, r.paper_effect)
         if base.n_documents < 5:
             lines.append(f"[{regime}] these intervals resample {int(base.n_documents)} passage(s): too few for an "
                          "interval to mean much; read this regime as a pipeline check, not as evidence.")

@@ -113,10 +113,9 @@ def conclusion(table: pd.DataFrame) -> str:
         lines.append(f"{m} − Target SFT = {r.score_vs_baseline:+.1f} [{r.score_vs_baseline_ci_low:+.1f}, "
                      f"{r.score_vs_baseline_ci_high:+.1f}] points: "
                      f"{verdict(r.score_vs_baseline, r.score_vs_baseline_ci_low, r.score_vs_baseline_ci_high)}.")
-        if m != RANDOM_CONTROL and pd.notna(r.paper_effect):
-            lines[-1] += (" Against the paper: " + against_paper(r.score_vs_baseline, r.score_vs_baseline_ci_low,
-                                                                 r.score_vs_baseline_ci_high, r.mde, r.paper_effect)
-                          + ".")
+        if pd.notna(r.paper_effect):  # the random control has none
+            lines[-1] += " " + against_paper(r.score_vs_baseline, r.score_vs_baseline_ci_low,
+                                             r.score_vs_baseline_ci_high, r.mde, r.paper_effect)
     if table["paper_effect"].isna().all():
         lines.append("No paper effect stands beside these rows: the paper's Table 2 is on test documents 0-49 of the "
                      "full 105-document file, whole documents, and this run is not on that split.")

@@ -291,8 +291,8 @@ def conclusion(table: pd.DataFrame, recall: pd.DataFrame, rounds: pd.DataFrame) 
                  f"{verdict(avg['PaST − Target SFT'], avg['diff low'], avg['diff high'])}. "
                  f"(Paper, reported: {PAPER_FIG3[TARGET]}% → {PAPER_FIG3[PAST]}%.)")
     if pd.notna(avg.get("paper_effect")):
-        lines[-1] += " Against the paper: " + against_paper(avg["PaST − Target SFT"], avg["diff low"],
-                                                            avg["diff high"], avg["mde"], avg["paper_effect"]) + "."
+        lines[-1] += " " + against_paper(avg["PaST − Target SFT"], avg["diff low"], avg["diff high"], avg["mde"],
+                                         avg["paper_effect"])
     better = int((table.iloc[:-1]["PaST − Target SFT"] > 0).sum())
     lines.append(f"PaST scored higher in {better} of {len(table) - 1} categories (paper: 20 of 20).")
     if "random %" in table:
