@@ -351,13 +351,19 @@ class Episode:
         """Σ per-turn rewards of F.3.1 over every turn but a successful Finish."""
         return sum(TURN_REWARD[t.outcome.kind] for t in self.turns if t.outcome.kind != "finish")
 
-    def termination_reward(self) -> float:
+    def termination_reward(self, grounded: bool = False) -> float:
+        """F.3.1: FINISH_REWARD for a Finish, TURN_LIMIT_PENALTY otherwise. `grounded` (the kit's option, not the
+        paper's) pays for a Finish only where the judge found something (not Unsolved) and charges any other Finish
+        like the turn limit, so that ending an episode early is no longer a reward of its own."""
+        if grounded and self.status == "Unsolved":
+            return TURN_LIMIT_PENALTY
         return FINISH_REWARD if self.finished else TURN_LIMIT_PENALTY
 
     def solution_reward(self) -> float:
         return SOLUTION_REWARD[self.status]
 
     def reward(self) -> float:
+        """F.3.1's reward, as evaluation reports it."""
         return self.format_reward() + self.termination_reward() + self.solution_reward()
 
     def trajectory(self) -> str:

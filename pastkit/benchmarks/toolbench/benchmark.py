@@ -145,6 +145,9 @@ def load_toolbench(source: str) -> dict:
 # Parameters
 # ---------------------------------------------------------------------------------------------------
 
+FINISHES = ("any", "grounded")  # what RL's termination reward pays a Finish for (`Episode.termination_reward`)
+
+
 @dataclass(frozen=True)
 class ToolbenchParams(PastParams):
     """ToolBench settings. Defaults are the cpu profile: a handful of target categories and queries, chosen by
@@ -164,6 +167,7 @@ class ToolbenchParams(PastParams):
     rl_epochs: int = 3                          # passes over them: 12 GRPO steps (cpu: 4 steps did not move v)
     rl_max_new_tokens: int = 80                 # tokens per agent turn (paper Table 19: 1024 per response)
     rl_lr: float = 1e-5                         # GRPO LR (paper Table 19: PPO actor 1e-6)
+    rl_finish: str = "any"                      # termination reward: "any" Finish (F.3.1) or "grounded" (kit's)
     cpu_bf16: bool = True                       # bf16 autocast in training on a CPU (cpu: Movies validation)
     queries: str = "shipped"                    # "shipped" (StableToolBench solvable test set) or its folder
     source_category: str = "Movies"             # RL category (paper F.1)
@@ -197,6 +201,8 @@ class ToolbenchParams(PastParams):
         if bad or not self.target_categories or self.source_category in self.target_categories:
             raise ValueError(f"categories {bad or self.target_categories}: the source and distinct targets must be "
                              f"among Table 14's {CATEGORIES}")
+        if self.rl_finish not in FINISHES:
+            raise ValueError(f"rl_finish={self.rl_finish!r}: one of {FINISHES}")
         if self.tool_sft_batching not in BATCHINGS:
             raise ValueError(f"tool_sft_batching={self.tool_sft_batching!r}: one of {BATCHINGS}")
         if not 1 <= self.descriptions_per_api <= len(TEACHER_PROMPTS):
@@ -360,7 +366,7 @@ class Toolbench:
         tasks = self.tasks(domain.data["queries"])
         by_query = {t.query: t for t in tasks}
         simulator = make_simulator(p.simulator, self.data(p)["tools"])
-        judge = engine.judge
+        judge, grounded = engine.judge, p.rl_finish == "grounded"
 
         def rollout(prompts, trainer):
             model = trainer.accelerator.unwrap_model(trainer.model)
@@ -374,7 +380,7 @@ class Toolbench:
                     "completion_ids": [e.completion_ids for e in episodes],
                     "logprobs": [e.logprobs for e in episodes], "env_mask": [e.env_mask for e in episodes],
                     "format_part": [e.format_reward() for e in episodes],
-                    "termination_part": [e.termination_reward() for e in episodes],
+                    "termination_part": [e.termination_reward(grounded) for e in episodes],
                     "solution_part": [e.solution_reward() for e in episodes]}
 
         def reward_of(part: str):  # the rollout's per-episode value of one part, under the name trl logs it by
@@ -385,7 +391,8 @@ class Toolbench:
 
         return RLTask([task_messages(t) for t in tasks], [reward_of(x) for x in ("format", "termination", "solution")],
                       rollout_func=rollout,
-                      describe={"prompt": "paper Table 16", "rewards": "F.3.1", "max_turns": p.max_turns,
+                      describe={"prompt": "paper Table 16", "max_turns": p.max_turns,
+                                "rewards": "F.3.1" + ", Finish paid only when grounded" * grounded,
                                 "simulator": simulator.describe(), "judge": judge.describe()})
 
     # -- scoring ----------------------------------------------------------------------------------------
