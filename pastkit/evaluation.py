@@ -177,6 +177,14 @@ def against_paper(diff: float, low: float, high: float, mde: float, paper: float
     return f"Against the paper: the paper's effect (7B), {paper:+.1f} points, {where}; {power}."
 
 
+def detectable_cell(mde: float, paper: float | None = None) -> str:
+    """A table's "detectable (80% power)" cell: the minimum detectable effect in points, with the paper's effect for
+    the same comparison beside it where there is one."""
+    if pd.isna(mde):
+        return "—"
+    return f"±{mde:.1f}" + ("" if paper is None or pd.isna(paper) else f" (paper's effect {paper:+.1f})")
+
+
 def draw_method_rows(ax, dax, t: pd.DataFrame, title: str, unit: str, baseline: str) -> None:
     """One panel pair of a methods table: score bars with intervals (PaST rows in red) on `ax`, and each row's
     paired difference to `baseline` with its interval on `dax`. `unit` names what the intervals resample."""

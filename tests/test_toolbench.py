@@ -131,6 +131,11 @@ def test_rewards_of_hand_written_trajectories():
     made_up.status = judge.status("q", made_up)
     assert made_up.status == "Unsolved" and made_up.reward() == pytest.approx(0.2)  # finished, no call: unsolved
 
+    # rl_finish="grounded": a Finish the judge calls Unsolved is charged like the turn limit; others keep F.3.1's
+    assert made_up.termination_reward(grounded=True) == TURN_LIMIT_PENALTY
+    assert ungrounded.termination_reward(grounded=True) == e.termination_reward(grounded=True) == FINISH_REWARD
+    assert stuck.termination_reward(grounded=True) == TURN_LIMIT_PENALTY
+
 
 class Scripted:
     """A stand-in for a causal LM's generate(): emits the next scripted turn for every row of the batch."""

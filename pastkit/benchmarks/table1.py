@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..evaluation import against_paper, draw_method_rows, summarize, verdict
+from ..evaluation import against_paper, detectable_cell, draw_method_rows, summarize, verdict
 from ..judges import STRICT_METRICS
 from ..past import RANDOM_CONTROL, Study
 from .squad import BASE, EVAL_SET, PAPER_TABLE1, PASSAGE, SYNTH, past_label
@@ -50,7 +50,7 @@ def markdown_table1(table: pd.DataFrame, caption: str) -> str:
                                               f"{r.score_vs_baseline_ci_high:+.1f}]"
         row = {"regime": r.regime, "method": r.method, f"{judge} % [95% CI over passages]":
                f"{r.score:.1f} [{r.score_ci_low:.1f}, {r.score_ci_high:.1f}]",
-               "vs + Synthetic [95% CI]": diff, "detectable (80% power)": _mde_cell(r),
+               "vs + Synthetic [95% CI]": diff, "detectable (80% power)": detectable_cell(r.mde, r.paper_effect),
                "contains gold %": f"{r.contains:.1f} [{r.contains_ci_low:.1f}, {r.contains_ci_high:.1f}]",
                "exact match %": f"{r.exact:.1f}", "questions / passages": f"{r.n_items} / {r.n_documents}"}
         if r.seeds > 1:
@@ -59,14 +59,6 @@ def markdown_table1(table: pd.DataFrame, caption: str) -> str:
             row["paper (reported, 7B, LLM judge)"] = "" if pd.isna(r.paper_reported) else f"{r.paper_reported:.1f}"
         rows.append(row)
     return f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n{caption}"
-
-
-def _mde_cell(r) -> str:
-    """The minimum detectable effect of a row's comparison, in points, with the paper's effect beside it."""
-    if pd.isna(r.mde):
-        return "—"
-    paper = getattr(r, "paper_effect", None)
-    return f"±{r.mde:.1f}" + ("" if paper is None or pd.isna(paper) else f" (paper's effect {paper:+.1f})")
 
 
 def plot_table1(table: pd.DataFrame, caption: str):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..evaluation import against_paper, draw_method_rows, summarize, verdict
+from ..evaluation import against_paper, detectable_cell, draw_method_rows, summarize, verdict
 from ..judges import STRICT_METRICS
 from ..past import RANDOM_CONTROL, Study
 from .loogle import BASE, PAPER_TABLE2, TARGET, past_label
@@ -72,8 +72,7 @@ def markdown_table2(table: pd.DataFrame, caption: str) -> str:
                                                 f"{r.score_vs_baseline_ci_high:+.1f}]"
         row = {"method": r.method, f"{judge} % [95% CI over documents]":
                f"{r.score:.1f} [{r.score_ci_low:.1f}, {r.score_ci_high:.1f}]", "vs Target SFT [95% CI]": diff,
-               "detectable (80% power)": "—" if pd.isna(r.mde) else f"±{r.mde:.1f}" + (
-                   "" if r.paper_effect is None or pd.isna(r.paper_effect) else f" (paper's {r.paper_effect:+.1f})"),
+               "detectable (80% power)": detectable_cell(r.mde, r.paper_effect),
                "contains gold %": f"{r.contains:.1f}", "exact match %": f"{r.exact:.1f}",
                "questions / documents": f"{r.n_items} / {r.n_documents}"}
         if r.seeds > 1:

@@ -14,7 +14,14 @@ import re
 import pandas as pd
 
 from ...console import say
-from ...evaluation import against_paper, bootstrap_interval, minimum_detectable_effect, paired_difference, verdict
+from ...evaluation import (
+    against_paper,
+    bootstrap_interval,
+    detectable_cell,
+    minimum_detectable_effect,
+    paired_difference,
+    verdict,
+)
 from ...generation import generate, load_model
 from ...past import RANDOM_CONTROL, Engine, Study
 from .benchmark import PAIR_PROMPTS, Toolbench, ToolbenchParams
@@ -99,9 +106,6 @@ def markdown_fig3(table: pd.DataFrame, caption: str) -> str:
     def interval(r, value, low, high, sign=""):
         return f"{r[value]:{sign}.1f} [{r[low]:{sign}.1f}, {r[high]:{sign}.1f}]"
 
-    def detectable(x):
-        return "—" if pd.isna(x) else f"±{x:.1f}"
-
     rows = []
     for r in table.to_dict("records"):
         row = {"category": r["category"], "queries": r["queries"],
@@ -111,7 +115,7 @@ def markdown_fig3(table: pd.DataFrame, caption: str) -> str:
                 name = value.removesuffix(" %")
                 row.update({f"{name} % [95% CI]": interval(r, value, low, high),
                             f"{diff} [95% CI]": interval(r, diff, dlow, dhigh, "+"),
-                            f"{name}: detectable (80% power)": detectable(r[mde])})
+                            f"{name}: detectable (80% power)": detectable_cell(r[mde])})
         rows.append(row)
     random = (f"\n\nrandom: {RANDOM_CONTROL}, the control that says whether PaST's difference comes from v's "
               "direction or would come from any vector of its size." if "random %" in table else "")
