@@ -211,6 +211,8 @@ def test_shipped_data_and_params():
         ToolbenchParams(target_categories=["Cooking"])
     with pytest.raises(ValueError, match="tool_sft_batching='random'"):
         ToolbenchParams(tool_sft_batching="random")
+    with pytest.raises(ValueError, match="rl_finish='solved'"):
+        ToolbenchParams(rl_finish="solved")
     p = ToolbenchParams(target_categories=["SMS"], max_queries=2)
     [unit] = Toolbench().target_units(p)
     assert len(unit.data["queries"]) == 2 and set(unit.data["apis"]) == {n for q in unit.data["queries"]
