@@ -9,7 +9,9 @@ modules' weights through a few fused operations per layer. It computes what the 
 token: the same RMSNorm, rotary embedding (the model's own `rotary_emb`), grouped-query attention and SiLU MLP,
 in the model's dtype; greedy tokens match HF `generate` (tests/test_decoding.py), up to
 float rounding where two logits tie to the last bit. Sampling applies temperature, top-k and top-p in HF's
-order and draws from torch's global generator, as `generate` does.
+order and draws from torch's global generator, as `generate` does. `extend` continues contexts that grow by a
+turn at a time (ToolBench's episodes) from the keys and values an earlier call kept, stopping at stop strings by
+HF's rule and returning each token's log-probability, as `generate` with `stop_strings` and `output_scores` does.
 
 `cpu_bf16` runs the matrix products on bf16 copies of the weights (made once per call, since a trainer changes
 the weights between calls), as bf16 autocast does; norms, softmax and the residual stream stay fp32.
@@ -30,8 +32,10 @@ ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 def supports(model) -> bool:
     """Can `Decoder` run this model: a supported architecture, on a CPU, with plain SiLU MLPs and no tensor
     parallel pretraining split."""
+    if type(model).__name__ not in ARCHITECTURES:
+        return False
     cfg = model.config
-    return (type(model).__name__ in ARCHITECTURES and cfg.hidden_act == "silu" and not getattr(cfg, "mlp_bias", False)
+    return (cfg.hidden_act == "silu" and not getattr(cfg, "mlp_bias", False)
             and getattr(cfg, "pretraining_tp", 1) == 1 and next(model.parameters()).device.type == "cpu"
             and not getattr(cfg, "use_sliding_window", False))
 
@@ -77,8 +81,48 @@ class Decoder:
         if num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
-        eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
-                           dtype=torch.long)
+        tokens, _, _ = self._run(input_ids, attention_mask, None, max_new_tokens, _eos(eos_token_id), pad_token_id,
+                                 (temperature, top_k, top_p) if do_sample else None, None)
+        return torch.cat([input_ids, tokens], dim=1)
+
+    @torch.no_grad()
+    def extend(self, contexts: list[list[int]], caches: list, max_new_tokens: int, eos_token_id, pad_token_id: int,
+               do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               stop: StopStrings | None = None) -> tuple[list[list[int]], list[list[float]], list]:
+        """Continue each context, as HF `generate` with `output_scores` and `stop_strings` would, reusing what an
+        earlier call computed: a multi-turn episode's context grows by one turn and one observation at a time, and
+        re-reading all of it every turn cost most of a ToolBench episode. `caches[i]` is None or what this method
+        returned for the row last time (the keys and values of a prefix of `contexts[i]`); only the rest is
+        prefilled. Returns, per row: its new tokens (up to and including EOS or a stop string's last token), their
+        log-probabilities under the distribution they were drawn from (HF's processed scores), and the cache of
+        the context and the new tokens but the last (never computed), for the next call."""
+        batch, width = len(contexts), max(map(len, contexts))
+        ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros(batch, width, dtype=torch.long)
+        for i, c in enumerate(contexts):
+            ids[i, width - len(c):] = torch.tensor(c, dtype=torch.long)
+            mask[i, width - len(c):] = 1
+        past = None if all(c is None for c in caches) else caches
+        tokens, logprobs, cache = self._run(ids, mask, past, max_new_tokens, _eos(eos_token_id), pad_token_id,
+                                            (temperature, top_k, top_p) if do_sample else None,
+                                            stop and (stop, [c[-stop.width:] for c in contexts]))
+        eos, out = set(_eos(eos_token_id).tolist()), ([], [], [])
+        for i, c in enumerate(contexts):
+            row = tokens[i].tolist()
+            n = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+            if stop:
+                n = next((j + 1 for j in range(n) if stop.hit((c[-stop.width:] + row[:j + 1])[-stop.width:])), n)
+            out[0].append(row[:n])
+            out[1].append(logprobs[i, :n].tolist())
+            first = width - len(c)
+            out[2].append(torch.stack([torch.stack([k[i, :, first:width + n - 1], v[i, :, first:width + n - 1]])
+                                       for k, v in cache]))
+        return out
+
+    def _run(self, input_ids, attention_mask, past, max_new_tokens: int, eos: torch.Tensor, pad_token_id: int,
+             sampling, stop) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """The prefill and the decoding loop: [B, new] tokens (pad after a row ends), their log-probabilities,
+        and the batch's cache. `past`: per row None or the cache of a prefix of its context (`extend`)."""
         batch, prompt_len = input_ids.shape
         total = prompt_len + max_new_tokens
         valid = torch.zeros(batch, total, dtype=torch.bool)  # which cache positions hold real tokens
@@ -88,11 +132,46 @@ class Decoder:
         positions.masked_fill_(attention_mask == 0, 1)
         layers, head = self._weights()
         shape = (batch, self.kv_heads, total, self.head_dim)
-        cache = [(torch.empty(shape, dtype=self.compute), torch.empty(shape, dtype=self.compute)) for _ in layers]
+        # Zeros where a continued row's padding is never written (a masked-out NaN would still poison the values).
+        blank = torch.empty if past is None else torch.zeros
+        cache = [(blank(shape, dtype=self.compute), blank(shape, dtype=self.compute)) for _ in layers]
+        if past is None:
+            logits = self._prefill_distinct(input_ids, positions, valid, layers, head, cache)
+        else:
+            logits = self._prefill_rest(input_ids, attention_mask, positions, valid, past, layers, head, cache)
+        out, scores_out = [], []
+        unfinished = torch.ones(batch, dtype=torch.bool)
+        next_pos = positions[:, -1:] + 1
+        for step in range(max_new_tokens):
+            scores = logits.float()
+            if sampling:
+                scores = _warp(scores, *sampling)
+                token = torch.multinomial(F.softmax(scores, dim=-1), 1)[:, 0]
+            else:
+                token = scores.argmax(-1)
+            scores_out.append(F.log_softmax(scores, dim=-1).gather(-1, token[:, None])[:, 0])
+            token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+            out.append(token)
+            if len(eos):
+                unfinished &= ~torch.isin(token, eos)
+            if stop:
+                strings, tails = stop
+                for i, t in zip(unfinished.nonzero()[:, 0].tolist(), token[unfinished].tolist()):
+                    tails[i] = tails[i][1 - strings.width:] + [t]
+                    unfinished[i] = not strings.hit(tails[i])
+            if not unfinished.any() or step == max_new_tokens - 1:
+                break
+            cur = prompt_len + step
+            logits = self._forward(token[:, None], next_pos, layers, head, cache, cur, valid[:, None, None, :cur + 1])
+            next_pos = next_pos + 1
+        return torch.stack(out, dim=1), torch.stack(scores_out, dim=1), cache
 
-        # The prompts, each distinct one once (GRPO asks for a group of completions of every prompt; trl repeats
-        # the prompt rows): causal over real tokens; a padding position sees itself only (finite, never seen).
-        rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
+    def _prefill_distinct(self, input_ids, positions, valid, layers, head, cache) -> torch.Tensor:
+        """The prompts, each distinct one once (GRPO asks for a group of completions of every prompt; trl repeats
+        the prompt rows): causal over real tokens; a padding position sees itself only (finite, never seen)."""
+        batch, prompt_len = input_ids.shape
+        rows, inverse = torch.unique(torch.cat([input_ids, valid[:, :prompt_len].long()], dim=1), dim=0,
+                                     return_inverse=True)
         first = torch.full((len(rows),), batch, dtype=torch.long).scatter_reduce(
             0, inverse, torch.arange(batch), reduce="amin")
         causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
@@ -104,25 +183,26 @@ class Decoder:
         for (k, v), (k_prompt, v_prompt) in zip(cache, shared):
             k[:, :, :prompt_len] = k_prompt[inverse]
             v[:, :, :prompt_len] = v_prompt[inverse]
-        del shared
-        out, unfinished = [], torch.ones(batch, dtype=torch.bool)
-        next_pos = positions[:, -1:] + 1
-        for step in range(max_new_tokens):
-            scores = logits.float()
-            if do_sample:
-                token = torch.multinomial(F.softmax(_warp(scores, temperature, top_k, top_p), dim=-1), 1)[:, 0]
-            else:
-                token = scores.argmax(-1)
-            token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
-            out.append(token)
-            if len(eos):
-                unfinished &= ~torch.isin(token, eos)
-            if not unfinished.any() or step == max_new_tokens - 1:
-                break
-            cur = prompt_len + step
-            logits = self._forward(token[:, None], next_pos, layers, head, cache, cur, valid[:, None, None, :cur + 1])
-            next_pos = next_pos + 1
-        return torch.cat([input_ids, torch.stack(out, dim=1)], dim=1)
+        return logits
+
+    def _prefill_rest(self, input_ids, attention_mask, positions, valid, past, layers, head, cache) -> torch.Tensor:
+        """Each row's cached prefix copied in place; then one chunk, as wide as the longest uncached suffix, run
+        over every row (a row's older tokens in the chunk are computed again, the same keys and values)."""
+        batch, width = input_ids.shape
+        lengths = attention_mask.sum(-1).tolist()
+        cached = [0 if p is None else p.shape[3] for p in past]
+        if any(c >= n for c, n in zip(cached, lengths)):
+            raise ValueError("a cache must cover less than its context: the next token's logits need a prefill")
+        for i, p in enumerate(past):
+            if p is not None:
+                first = width - lengths[i]
+                for (k, v), layer in zip(cache, p):
+                    k[i, :, first:first + cached[i]] = layer[0]
+                    v[i, :, first:first + cached[i]] = layer[1]
+        start = width - max(n - c for n, c in zip(lengths, cached))
+        causal = torch.ones(width, width, dtype=torch.bool).tril()[start:]
+        mask = (causal & valid[:, None, :width]) | torch.eye(width, dtype=torch.bool)[start:]
+        return self._forward(input_ids[:, start:], positions[:, start:], layers, head, cache, start, mask[:, None])
 
     def _forward(self, ids, positions, layers, head, cache, start: int, mask) -> torch.Tensor:
         """Run `ids` ([B, t], at cache positions start..start+t) through every layer; the last position's logits."""
@@ -148,6 +228,36 @@ class Decoder:
             gate, up = self._linear(h, w["gate_up"]).chunk(2, dim=-1)
             x = x + self._linear(F.silu(gate) * up, w["down"]).to(x.dtype)
         return self._linear(m.norm(x[:, -1]), head)
+
+
+def _eos(eos_token_id) -> torch.Tensor:
+    return torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
+                        dtype=torch.long)
+
+
+class StopStrings:
+    """HF's `stop_strings` test (`StopStringCriteria`) on the tokens' texts: a sequence stops when one of the
+    strings ends inside its last token and starts no later than that token does ("Observation:" ends a ReAct
+    turn). `width` tokens of a sequence's end are enough to decide (every token is at least one character)."""
+
+    def __init__(self, tokenizer, strings: list[str]):
+        self.tok, self.strings = tokenizer, list(strings)
+        self.width = max(map(len, self.strings)) + 1
+        self._texts: dict[int, str] = {}
+
+    def _text(self, token: int) -> str:
+        if token not in self._texts:
+            self._texts[token] = self.tok.convert_tokens_to_string([self.tok.convert_ids_to_tokens(token)])
+        return self._texts[token]
+
+    def hit(self, ids: list[int]) -> bool:
+        before = "".join(map(self._text, ids[:-1]))
+        text = before + self._text(ids[-1])
+        for s in self.strings:
+            at = text.find(s, max(0, len(before) - len(s) + 1))
+            if 0 <= at <= len(before):
+                return True
+        return False
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

@@ -121,3 +121,65 @@ def test_the_reference_model_runs_only_where_the_kl_term_needs_it(beta, tiny_mod
     spec = GRPOSpec(1, 1e-3, 2, 1, beta, 1.0, 1.0, 0, 4)
     train_grpo(tiny_model, task, tmp_path / "rl", spec, seed=0, log=lambda *_: None)
     assert (trainers[0].ref_model is None) == (beta == 0.0)
+
+
+def test_stop_strings_follow_hfs_rule(loaded):
+    """`StopStrings.hit` says what HF's `StopStringCriteria` says, at every prefix of sequences around the stop."""
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    from pastkit.decoding import StopStrings
+
+    _, tok = loaded
+    stop, hf = StopStrings(tok, ["Observation:"]), StopStringCriteria(tok, ["Observation:"])
+    texts = ["Thought: x\nObservation: {}", "Obs ervation: no", "a Observation:b", "Observation:Observation:",
+             "ObservationObservation :", "xObservation:\n", "plain text with no stop"]
+    decided = []
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for n in range(1, len(ids) + 1):
+            want = bool(hf(torch.tensor([ids[:n]]), None)[0])
+            assert stop.hit(ids[:n][-stop.width:]) == want, (text, tok.convert_ids_to_tokens(ids[:n]))
+            decided.append(want)
+    assert any(decided) and not all(decided)
+
+
+def _rows(tok, questions):
+    return [tok(chat_text(tok, q), add_special_tokens=False)["input_ids"] for q in questions]
+
+
+def test_extend_stops_as_generate_with_stop_strings(loaded):
+    """Greedy: the tokens HF `generate` gives with `stop_strings`, cut after the stop, and the log-probabilities of
+    its `output_scores`."""
+    from pastkit.decoding import StopStrings
+
+    model, tok = loaded
+    batch = _batch(tok, QUESTIONS[:3])
+    free = _hf(model, tok, batch, max_new_tokens=12, do_sample=False)[0, batch["input_ids"].shape[1]:]
+    text = tok.decode(free[3:6])  # a stop string row 0 meets at its 6th token (or sooner)
+    out = _hf(model, tok, batch, max_new_tokens=12, do_sample=False, stop_strings=[text], tokenizer=tok,
+              return_dict_in_generate=True, output_scores=True)
+    gens, logps, _ = Decoder(model).extend(_rows(tok, QUESTIONS[:3]), [None] * 3, 12, eos_token_id=[],
+                                           pad_token_id=tok.pad_token_id, stop=StopStrings(tok, [text]))
+    width = batch["input_ids"].shape[1]
+    assert len(gens[0]) <= 6 < 12
+    want = torch.stack(out.scores, 1).float().log_softmax(-1)
+    for j, gen in enumerate(gens):
+        assert gen == out.sequences[j, width:width + len(gen)].tolist()
+        torch.testing.assert_close(torch.tensor(logps[j]), want[j, torch.arange(len(gen)), gen], atol=1e-5, rtol=0)
+
+
+def test_extend_from_a_cache_continues_as_a_fresh_prefill(loaded):
+    """A second turn read from the first turn's cache gives what re-reading the whole context gives."""
+    model, tok = loaded
+    decoder, contexts = Decoder(model), _rows(tok, QUESTIONS[:4])
+    first, _, caches = decoder.extend(contexts, [None] * 4, 8, eos_token_id=[], pad_token_id=tok.pad_token_id)
+    observation = tok("Observation: nothing here", add_special_tokens=False)["input_ids"]
+    second = [c + g + observation[:k + 2] for k, (c, g) in enumerate(zip(contexts, first))]  # unequal suffixes
+    assert [c.shape[3] for c in caches] == [len(c) + len(g) - 1 for c, g in zip(contexts, first)]
+    for past in (caches, [caches[0], None, caches[2], None]):
+        cached = decoder.extend(second, past, 8, eos_token_id=[], pad_token_id=tok.pad_token_id)
+        fresh = decoder.extend(second, [None] * 4, 8, eos_token_id=[], pad_token_id=tok.pad_token_id)
+        assert cached[0] == fresh[0]
+        torch.testing.assert_close(torch.tensor(cached[1]), torch.tensor(fresh[1]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="cache must cover less"):
+        decoder.extend([contexts[0]], [caches[0]], 4, eos_token_id=[], pad_token_id=tok.pad_token_id)
