@@ -390,6 +390,7 @@ def test_endpoint_cache_skips_and_reports_a_damaged_line(tmp_path, monkeypatch):
 
 def test_cpu_bf16_trains_in_bf16_but_models_are_scored_in_fp32(tmp_path, monkeypatch):
     """bf16 rounds most of a small v away in a matmul (README), so episodes and recall run without autocast."""
+    import pastkit.decoding
     import pastkit.generation
     import pastkit.training
     from pastkit.benchmarks.toolbench.fig3 import recall_rows
@@ -406,6 +407,13 @@ def test_cpu_bf16_trains_in_bf16_but_models_are_scored_in_fp32(tmp_path, monkeyp
 
     monkeypatch.setattr(pastkit.training, "autocast", recording)
     monkeypatch.setattr(pastkit.generation, "autocast", recording)
+    decoder_init = pastkit.decoding.Decoder.__init__  # episodes decode through the kit's decoder
+
+    def decoder(self, model, cpu_bf16=False):
+        asked.append(cpu_bf16)
+        decoder_init(self, model, cpu_bf16)
+
+    monkeypatch.setattr(pastkit.decoding.Decoder, "__init__", decoder)
     p = ToolbenchParams(model="tiny-random", max_queries=1, eval_runs=1, max_turns=1, rl_max_new_tokens=4)
     assert p.cpu_bf16  # ToolBench's cpu default
     bench = Toolbench()
@@ -440,3 +448,29 @@ def test_multi_turn_grpo_rolls_out_a_steps_prompts_together_and_trains_them_a_gr
                     max_new_tokens=4)
     summary = train_grpo(engine.base, task, tmp_path / "rl", spec, seed=0, log=lambda *_: None)
     assert summary["steps"] == 2 and played == [4, 4]  # two steps, each one rollout of 2 prompts x 2 episodes
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_episodes_through_the_decoder_are_hf_generates(tmp_path, monkeypatch, temperature):
+    """The same episodes, token for token and draw for draw, whether turns decode through the kit's decoder (each
+    episode's cache kept between turns) or through HF `generate` with `stop_strings`."""
+    import torch
+
+    import pastkit.decoding
+    from pastkit.generation import load_model
+    from pastkit.models import make_tiny_model
+
+    model, tok = load_model(make_tiny_model(tmp_path / "tiny"))
+    tasks = [Task(q, (NAME,), (NAME,)) for q in ("which movie?", "the film with id 7, please") for _ in range(2)]
+    played = {}
+    for path in ("decoder", "hf"):
+        if path == "hf":
+            monkeypatch.setattr(pastkit.decoding, "supports", lambda m: False)
+        torch.manual_seed(3)
+        played[path] = run_episodes(model, tok, tasks, RulesSimulator(TOOLS), RulesSolutionJudge(), max_turns=3,
+                                    max_new_tokens=12, temperature=temperature, top_p=0.9, top_k=20, batch_size=3)
+    for a, b in zip(played["decoder"], played["hf"]):
+        assert len(a.turns) == 3 and a.env_mask.count(0) > 0  # observations were read from the cache
+        assert (a.prompt_ids, a.completion_ids, a.env_mask) == (b.prompt_ids, b.completion_ids, b.env_mask)
+        assert [t.text for t in a.turns] == [t.text for t in b.turns]
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)

@@ -45,6 +45,7 @@ FINISH_SCHEMA = (
     'sufficient information.", "parameters": {"properties": {"final_answer": {"type": "string", "description": '
     '"The final answer you want to give the user."}}}, "required": ["final_answer"], "optional": []}')
 FINISH = "Finish"
+STOP = "Observation:"  # ends an agent turn: what follows is the simulator's
 
 # Table 17, verbatim: the LLM simulator's instructions (the system message); the user message gives the API.
 SIMULATOR_PROMPT = (
@@ -501,51 +502,82 @@ def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int
                  temperature: float, top_p: float = 1.0, top_k: int = 0, batch_size: int = 16,
                  cpu_bf16: bool = False) -> list[Episode]:
     """Play every task to the end (Finish, or `max_turns` turns), all live episodes one turn at a time in
-    batches (in bf16 autocast on a CPU if `cpu_bf16`); each episode keeps its tokens, env_mask and sampling
-    logprobs, and is judged at the end."""
-    import torch
+    batches (bf16 products on a CPU if `cpu_bf16`); each episode keeps its tokens, env_mask and sampling
+    logprobs, and is judged at the end.
 
-    from ...training import autocast
+    A turn ends at EOS or at "Observation:" (the agent's next line would be the simulator's). Models the kit's
+    decoder supports (`decoding.supports`) decode through it, each episode keeping its keys and values from one
+    turn to the next so that a turn reads only the last turn's end and the observation; others through HF
+    `generate` with `stop_strings`, which reads every episode's whole context again each turn."""
+    from ...decoding import Decoder, StopStrings, supports
 
     episodes = [Episode(t.query, list(t.api_names), list(t.relevant), prompt_ids=prompt_ids(tok, t)) for t in tasks]
     eos = tok.eos_token_id
-    sample = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None) if temperature > 0 \
-        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    decoder = Decoder(model, cpu_bf16) if supports(model) else None
+    stop, caches = StopStrings(tok, [STOP]), {}
     observation = observation_piece(tok)
     for turn in range(1, max_turns + 1):
-        live = [e for e in episodes if not e.finished]
-        for i in range(0, len(live), batch_size):
-            batch = live[i:i + batch_size]
-            ctx = [e.prompt_ids + e.completion_ids for e in batch]
-            width = max(map(len, ctx))
-            ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx])
-            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx])
-            with torch.no_grad(), autocast(cpu_bf16):
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=True,
-                                     output_scores=True, stop_strings=["Observation:"], tokenizer=tok, **sample)
-            new = out.sequences[:, width:]
-            logps = torch.stack(out.scores, 1).float().log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-            for j, e in enumerate(batch):
-                gen = new[j].tolist()
-                n = gen.index(eos) + 1 if eos in gen else len(gen)
-                while n and gen[n - 1] == pad and pad != eos:
-                    n -= 1
-                gen, text = gen[:n], tok.decode(gen[:n], skip_special_tokens=True)
+        live = [i for i, e in enumerate(episodes) if not e.finished]
+        for b in range(0, len(live), batch_size):
+            batch = live[b:b + batch_size]
+            ctx = [episodes[i].prompt_ids + episodes[i].completion_ids for i in batch]
+            if decoder is not None:
+                gens, logps, kept = decoder.extend(ctx, [caches.pop(i, None) for i in batch], max_new_tokens, eos,
+                                                   pad, do_sample=temperature > 0, temperature=temperature or 1.0,
+                                                   top_p=top_p, top_k=top_k, stop=stop)
+                caches.update(zip(batch, kept))
+            else:
+                gens, logps = _hf_turn(model, tok, ctx, max_new_tokens, temperature, top_p, top_k, cpu_bf16, stop)
+            for i, gen, logp in zip(batch, gens, logps):
+                e = episodes[i]
+                text = tok.decode(gen, skip_special_tokens=True)
                 step = parse_step(text)
                 outcome = act(step, e.api_names, simulator)
                 e.turns.append(Turn(text, step, outcome))
                 e.completion_ids += gen
                 e.env_mask += [1] * len(gen)
-                e.logprobs += [float(x) for x in logps[j, :n].nan_to_num(0.0, neginf=-1e4)]
+                e.logprobs += [max(x, -1e4) for x in logp]
                 if outcome.kind != "finish" and turn < max_turns:  # no observation after the last turn
                     piece = tok(observation(outcome.observation, bool(gen) and gen[-1] == eos),
                                 add_special_tokens=False)["input_ids"]
                     e.completion_ids += piece
                     e.env_mask += [0] * len(piece)
                     e.logprobs += [0.0] * len(piece)
+                else:
+                    caches.pop(i, None)
     for e in episodes:
         e.status = judge.status(e.query, e)
     return episodes
 
+
+def _hf_turn(model, tok, ctx: list[list[int]], max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+             cpu_bf16: bool, stop) -> tuple[list[list[int]], list[list[float]]]:
+    """One turn of a batch through HF `generate`: each row's new tokens (to EOS or the stop string, never the
+    padding after it, which is EOS for SmolLM2) and their log-probabilities under the distribution they were
+    drawn from."""
+    import torch
+
+    from ...training import autocast
+
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    sample = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None) if temperature > 0 \
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    width = max(map(len, ctx))
+    ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx])
+    mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx])
+    with torch.no_grad(), autocast(cpu_bf16):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             eos_token_id=eos, return_dict_in_generate=True, output_scores=True,
+                             stop_strings=[STOP], tokenizer=tok, **sample)
+    new = out.sequences[:, width:]
+    logps = torch.stack(out.scores, 1).float().log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    gens, probs = [], []
+    for j in range(len(ctx)):
+        gen = new[j].tolist()
+        n = gen.index(eos) + 1 if eos in gen else len(gen)
+        n = next((k + 1 for k in range(n) if stop.hit((ctx[j][-stop.width:] + gen[:k + 1])[-stop.width:])), n)
+        gens.append(gen[:n])
+        probs.append(logps[j, :n].nan_to_num(0.0, neginf=-1e4).tolist())
+    return gens, probs
