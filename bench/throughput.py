@@ -1,6 +1,6 @@
 """The machine's roofline and where the kit stands against it: decoding, one GRPO step, SFT (SmolLM2-135M).
 
-    .venv/bin/python bench/throughput.py [--quick] [--only roofline decode grpo sft]
+    .venv/bin/python bench/throughput.py [--quick] [--only roofline decode grpo sft episodes]
 
 Roofline: this CPU's matrix-product rate (fp32, bf16) at two shapes of the model's products, and its memory read
 bandwidth, with plain torch. Decoding: per-step time of HF `generate` (bf16: inside one autocast region, as the
@@ -10,7 +10,11 @@ all 33), and the step's bound: its products at the measured rate or its weights 
 whichever is slower. GRPO: one optimizer step of trl's GRPOTrainer as `train_grpo` configures it (8 prompts x
 group 4 = 32 rollouts of 32 tokens), split into rollout, reward and the rest (log-probs, backward, AdamW), with
 HF `generate` and with the kit's decoder, at beta 0.001 (a reference model runs) and 0. SFT: trained tokens/s of
-`train_sft` against a bare PyTorch loop over the same batches (AdamW), fp32 and bf16 autocast.
+`train_sft` against a bare PyTorch loop over the same batches (AdamW), fp32 and bf16 autocast. Episodes: ToolBench's
+multi-turn episodes (`agent.run_episodes`: 8 Movies queries, the source category, x 3 runs, 3 turns of up to 80
+tokens, sampled as 04 samples them) through HF `generate` with `stop_strings` and through the kit's decoder with
+each episode's cache kept between turns, fp32 (as scored) and bf16 (as GRPO rolls out), one run each from the same
+seed, and how many episodes came out token for token the same.
 
 Every figure is the best of `--repeats` runs in one process on an otherwise idle machine; it prints Markdown.
 """
@@ -87,6 +91,35 @@ def decode(model, tok, questions, repeats: int, peaks: dict) -> list[tuple]:
                 rows.append((f"decode {name}, batch {b} ({batch['input_ids'].shape[1]}-token prompts)", method,
                              f"{prefill:.2f}", f"{step * 1000:.0f}", f"{b / step:.0f}", f"{bound / step:.0%}"))
                 print(rows[-1], flush=True)
+    return rows
+
+
+def episodes(model, tok) -> list[tuple]:
+    import pastkit.decoding
+    from pastkit.benchmarks.toolbench.agent import RulesSimulator, Task, make_solution_judge, run_episodes
+    from pastkit.benchmarks.toolbench.benchmark import ToolbenchParams, load_toolbench
+
+    p, data = ToolbenchParams(), load_toolbench("shipped")
+    queries = [q for q in data["queries"] if q["category"] == p.source_category][-8:]
+    tasks = [Task(q["query"], tuple(q["apis"]), tuple(q["relevant"])) for q in queries for _ in range(p.eval_runs)]
+    supports, rows = pastkit.decoding.supports, []
+    for bf16 in (False, True):
+        played = {}
+        for method in ("HF generate", "kit decoder"):
+            pastkit.decoding.supports = supports if method == "kit decoder" else (lambda m: False)
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            played[method] = run_episodes(model, tok, tasks, RulesSimulator(data["tools"]),
+                                          make_solution_judge("grounded"), p.max_turns, p.rl_max_new_tokens,
+                                          p.eval_temperature, p.rl_top_p, p.rl_top_k, cpu_bf16=bf16)
+            secs = time.perf_counter() - t0
+            made = sum(sum(e.env_mask) for e in played[method])
+            rows.append([f"ToolBench episodes {'bf16' if bf16 else 'fp32'}, {len(tasks)} x {p.max_turns} turns",
+                         method, f"{secs:.1f}", f"{made / secs:.0f}", ""])
+            print(rows[-1], flush=True)
+        same = sum(a.completion_ids == b.completion_ids for a, b in zip(*played.values()))
+        rows[-1][-1] = f"{same} of {len(tasks)}"
+    pastkit.decoding.supports = supports
     return rows
 
 
@@ -206,7 +239,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer steps and passages, to check the script")
-    ap.add_argument("--only", nargs="*", default=["roofline", "decode", "grpo", "sft"])
+    ap.add_argument("--only", nargs="*", default=["roofline", "decode", "grpo", "sft", "episodes"])
     args = ap.parse_args()
     torch.manual_seed(0)
     model_dir = Path(resolve("smollm2-135m-instruct"))
@@ -228,6 +261,9 @@ def main():
         if "grpo" in args.only:
             out.append(table(("workload", "rollouts by", "step s", "rollout s", "reward s", "rest s", "rollouts/s"),
                              grpo(model_dir, questions, golds, Path(work), 2 if args.quick else 3)))
+        if "episodes" in args.only:
+            out.append(table(("workload", "turns by", "seconds", "generated tokens/s", "episodes as HF's"),
+                             episodes(model, tok)))
         if "sft" in args.only:
             out.append(table(("workload", "method", "seconds", "tokens/s", "x bare loop"),
                              sft(model_dir, tok, passages[:4 if args.quick else 12], Path(work), args.repeats)))
