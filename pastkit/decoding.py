@@ -81,7 +81,7 @@ class Decoder:
         if num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
-        tokens, _, _ = self._run(input_ids, attention_mask, None, max_new_tokens, _eos(eos_token_id), pad_token_id,
+        tokens, *_ = self._run(input_ids, attention_mask, None, max_new_tokens, _eos(eos_token_id), pad_token_id,
                                  (temperature, top_k, top_p) if do_sample else None, None)
         return torch.cat([input_ids, tokens], dim=1)
 
@@ -103,16 +103,12 @@ class Decoder:
             ids[i, width - len(c):] = torch.tensor(c, dtype=torch.long)
             mask[i, width - len(c):] = 1
         past = None if all(c is None for c in caches) else caches
-        tokens, logprobs, cache = self._run(ids, mask, past, max_new_tokens, _eos(eos_token_id), pad_token_id,
-                                            (temperature, top_k, top_p) if do_sample else None,
-                                            stop and (stop, [c[-stop.width:] for c in contexts]))
-        eos, out = set(_eos(eos_token_id).tolist()), ([], [], [])
-        for i, c in enumerate(contexts):
-            row = tokens[i].tolist()
-            n = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-            if stop:
-                n = next((j + 1 for j in range(n) if stop.hit((c[-stop.width:] + row[:j + 1])[-stop.width:])), n)
-            out[0].append(row[:n])
+        tokens, logprobs, lengths, cache = self._run(ids, mask, past, max_new_tokens, _eos(eos_token_id),
+                                                     pad_token_id, (temperature, top_k, top_p) if do_sample else None,
+                                                     stop and (stop, [c[-stop.width:] for c in contexts]))
+        out = ([], [], [])
+        for i, (c, n) in enumerate(zip(contexts, lengths.tolist())):
+            out[0].append(tokens[i, :n].tolist())
             out[1].append(logprobs[i, :n].tolist())
             first = width - len(c)
             out[2].append(torch.stack([torch.stack([k[i, :, first:width + n - 1], v[i, :, first:width + n - 1]])
@@ -120,9 +116,10 @@ class Decoder:
         return out
 
     def _run(self, input_ids, attention_mask, past, max_new_tokens: int, eos: torch.Tensor, pad_token_id: int,
-             sampling, stop) -> tuple[torch.Tensor, torch.Tensor, list]:
+             sampling, stop) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
         """The prefill and the decoding loop: [B, new] tokens (pad after a row ends), their log-probabilities,
-        and the batch's cache. `past`: per row None or the cache of a prefix of its context (`extend`)."""
+        each row's number of tokens (to EOS or a stop string, or all of them), and the batch's cache. `past`: per
+        row None or the cache of a prefix of its context (`extend`)."""
         batch, prompt_len = input_ids.shape
         total = prompt_len + max_new_tokens
         valid = torch.zeros(batch, total, dtype=torch.bool)  # which cache positions hold real tokens
@@ -141,6 +138,7 @@ class Decoder:
             logits = self._prefill_rest(input_ids, attention_mask, positions, valid, past, layers, head, cache)
         out, scores_out = [], []
         unfinished = torch.ones(batch, dtype=torch.bool)
+        lengths = torch.zeros(batch, dtype=torch.long)  # each row's tokens up to and including its last
         next_pos = positions[:, -1:] + 1
         for step in range(max_new_tokens):
             scores = logits.float()
@@ -152,6 +150,7 @@ class Decoder:
             scores_out.append(F.log_softmax(scores, dim=-1).gather(-1, token[:, None])[:, 0])
             token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
             out.append(token)
+            lengths += unfinished
             if len(eos):
                 unfinished &= ~torch.isin(token, eos)
             if stop:
@@ -164,7 +163,7 @@ class Decoder:
             cur = prompt_len + step
             logits = self._forward(token[:, None], next_pos, layers, head, cache, cur, valid[:, None, None, :cur + 1])
             next_pos = next_pos + 1
-        return torch.stack(out, dim=1), torch.stack(scores_out, dim=1), cache
+        return torch.stack(out, dim=1), torch.stack(scores_out, dim=1), lengths, cache
 
     def _prefill_distinct(self, input_ids, positions, valid, layers, head, cache) -> torch.Tensor:
         """The prompts, each distinct one once (GRPO asks for a group of completions of every prompt; trl repeats

@@ -537,7 +537,7 @@ def run_episodes(model, tok, tasks: list[Task], simulator, judge, max_turns: int
                 e.turns.append(Turn(text, step, outcome))
                 e.completion_ids += gen
                 e.env_mask += [1] * len(gen)
-                e.logprobs += [max(x, -1e4) for x in logp]
+                e.logprobs += [0.0 if x != x else max(x, -1e4) for x in logp]  # NaN 0, -inf a large finite
                 if outcome.kind != "finish" and turn < max_turns:  # no observation after the last turn
                     piece = tok(observation(outcome.observation, bool(gen) and gen[-1] == eos),
                                 add_special_tokens=False)["input_ids"]
@@ -579,5 +579,5 @@ def _hf_turn(model, tok, ctx: list[list[int]], max_new_tokens: int, temperature:
         n = gen.index(eos) + 1 if eos in gen else len(gen)
         n = next((k + 1 for k in range(n) if stop.hit((ctx[j][-stop.width:] + gen[:k + 1])[-stop.width:])), n)
         gens.append(gen[:n])
-        probs.append(logps[j, :n].nan_to_num(0.0, neginf=-1e4).tolist())
+        probs.append(logps[j, :n].tolist())
     return gens, probs
