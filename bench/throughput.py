@@ -1,6 +1,6 @@
 """The machine's roofline and where the kit stands against it: decoding, one GRPO step, SFT (SmolLM2-135M).
 
-    .venv/bin/python bench/throughput.py [--quick] [--only roofline decode grpo sft episodes]
+    .venv/bin/python bench/throughput.py [--quick] [--only roofline decode grpo sft episodes compile]
 
 Roofline: this CPU's matrix-product rate (fp32, bf16) at two shapes of the model's products, and its memory read
 bandwidth, with plain torch. Decoding: per-step time of HF `generate` (bf16: inside one autocast region, as the
@@ -14,7 +14,8 @@ HF `generate` and with the kit's decoder, at beta 0.001 (a reference model runs)
 multi-turn episodes (`agent.run_episodes`: 8 Movies queries, the source category, x 3 runs, 3 turns of up to 80
 tokens, sampled as 04 samples them) through HF `generate` with `stop_strings` and through the kit's decoder with
 each episode's cache kept between turns, fp32 (as scored) and bf16 (as GRPO rolls out), one run each from the same
-seed, and how many episodes came out token for token the same.
+seed, and how many episodes came out token for token the same. Compile: a candidate the kit does not use,
+the decoder through `torch.compile`, timed last.
 
 Every figure is the best of `--repeats` runs in one process on an otherwise idle machine; it prints Markdown.
 """
@@ -91,6 +92,38 @@ def decode(model, tok, questions, repeats: int, peaks: dict) -> list[tuple]:
                 rows.append((f"decode {name}, batch {b} ({batch['input_ids'].shape[1]}-token prompts)", method,
                              f"{prefill:.2f}", f"{step * 1000:.0f}", f"{b / step:.0f}", f"{bound / step:.0%}"))
                 print(rows[-1], flush=True)
+    return rows
+
+
+def compiled(model, tok, questions, repeats: int) -> list[tuple]:
+    """A candidate the kit does not use: the decoder's forward through `torch.compile(dynamic=True)`, against the
+    eager decoder in the same process, with the first call's time (the compilation) and how many greedy rows came
+    out the same. Run last: in one probe, eager batch-64 steps timed after a compilation in the same process
+    took 230 ms against 205 ms before it."""
+    rows = []
+    for bf16 in (False, True):
+        name = "bf16" if bf16 else "fp32"
+        for b in (1, 16, 64):
+            batch = tok([chat_text(tok, q) for q in questions[:b]], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+            eager, fast = Decoder(model, cpu_bf16=bf16), Decoder(model, cpu_bf16=bf16)
+            fast._forward = torch.compile(fast._forward, dynamic=True)
+
+            def run(decoder, n, batch=batch):
+                return decoder.generate(batch["input_ids"], batch["attention_mask"], n, eos_token_id=[],
+                                        pad_token_id=tok.pad_token_id)
+
+            t0 = time.perf_counter()
+            run(fast, 2)
+            compile_s = time.perf_counter() - t0
+            same = int((run(fast, 33) == run(eager, 33)).all(1).sum())
+            steps = {}
+            for method, decoder in (("kit decoder", eager), ("kit decoder, torch.compile", fast)):
+                prefill = best(lambda d=decoder: run(d, 1), repeats)
+                steps[method] = (best(lambda d=decoder: run(d, 33), repeats) - prefill) / 32
+            rows.append((f"decode {name}, batch {b}", f"{compile_s:.0f}", f"{steps['kit decoder'] * 1000:.0f}",
+                         f"{steps['kit decoder, torch.compile'] * 1000:.0f}", f"{same} of {b}"))
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -239,7 +272,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer steps and passages, to check the script")
-    ap.add_argument("--only", nargs="*", default=["roofline", "decode", "grpo", "sft", "episodes"])
+    ap.add_argument("--only", nargs="*", default=["roofline", "decode", "grpo", "sft", "episodes", "compile"])
     args = ap.parse_args()
     torch.manual_seed(0)
     model_dir = Path(resolve("smollm2-135m-instruct"))
@@ -267,6 +300,9 @@ def main():
         if "sft" in args.only:
             out.append(table(("workload", "method", "seconds", "tokens/s", "x bare loop"),
                              sft(model_dir, tok, passages[:4 if args.quick else 12], Path(work), args.repeats)))
+        if "compile" in args.only:  # last: see `compiled`
+            out.append(table(("workload", "compile s", "eager ms / step", "compiled ms / step", "greedy rows same"),
+                             compiled(model, tok, questions, args.repeats)))
     print("\n\n".join(out))
 
 
