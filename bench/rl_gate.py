@@ -6,6 +6,14 @@ Prints the reward per round, the gate table and its verdict.
 
 Each --set KEY=VALUE overrides the profile (`--profile`, default cpu); values are read as YAML (numbers, lists).
 Stages are cached like a notebook's, so settings that share the SFT reuse it, and θ_init's answers on the gate.
+
+SQuAD runs and what they showed (the cpu settings' own run is beside `SquadParams.rl_prompts`):
+- `--set n_source=18 --set rounds=1 --set rl_prompts=32 --set rl_epochs=4 --set 'seeds=[0,1,2]'` (45 min): a
+  larger gate, 52 held-out questions on 18 passages a seed, and twice the RL prompts. Reward, first to last
+  quarter, 0.09 -> 0.19, 0.08 -> 0.13, 0.10 -> 0.28; held-out token F1 +7.5 [+2.6, +12.9] (passes), +0.5
+  [-2.3, +2.9], +5.4 [-2.0, +12.9]: inconclusive, 1 of 3. Gold answers contained 7 -> 7, 7 -> 7, 3 -> 5 of 52;
+  words an answer 20.4 -> 12.0, 20.5 -> 23.3, 18.4 -> 10.8: the F1 gains are the seeds whose answers got
+  shorter. A larger gate gives the same answer as the cpu one: RL teaches concision, not recall.
 """
 
 from __future__ import annotations
