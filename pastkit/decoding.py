@@ -82,7 +82,7 @@ class Decoder:
             input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
         tokens, *_ = self._run(input_ids, attention_mask, None, max_new_tokens, _eos(eos_token_id), pad_token_id,
-                                 (temperature, top_k, top_p) if do_sample else None, None)
+                               (temperature, top_k, top_p) if do_sample else None, None)
         return torch.cat([input_ids, tokens], dim=1)
 
     @torch.no_grad()
