@@ -25,7 +25,7 @@ from ..config import PastParams
 from ..console import say
 from ..evaluation import summarize
 from ..generation import generate
-from ..judges import STRICT_METRICS, make_judge
+from ..judges import STRICT_METRICS, contains_gold, make_judge
 from ..knowledge import SFTSpec
 from ..past import Domain, Engine, SFTPhase, digest
 from ..skill_rl import RLTask, closed_book_task, rl_split
@@ -137,11 +137,14 @@ class SquadParams(PastParams):
     rl_epochs: int = 6                          # passes over them: 12 steps (paper Table 9: 15)
     rl_lr: float = 5e-05                        # (paper Table 9: 1e-6, over thousands of steps)
     rl_beta: float = 0.0                        # no KL term, no reference-model pass (paper Table 9: 0.001)
+    rl_reward: str = "judge"                    # "judge" (the params' judge) or "contains" (gold answer contained)
 
     def __post_init__(self):
         super().__post_init__()
         if not self.regimes or not set(self.regimes) <= {"cpt", "single"}:
             raise ValueError(f"regimes={self.regimes!r}: 'cpt' and/or 'single'")
+        if self.rl_reward not in ("judge", "contains"):
+            raise ValueError(f"rl_reward={self.rl_reward!r}: 'judge' or 'contains'")
 
     def check_inputs(self) -> None:
         source_rounds(self.n_source, self.rounds)
@@ -163,6 +166,20 @@ VARIANTS = ("source", "target", "passage_only", "sentences")  # SFT data: see Sq
 PAPER_TABLE1 = {BASE: {"single": 32.7, "cpt": 32.7}, PASSAGE: {"single": 33.5, "cpt": 36.0},
                 SYNTH: {"single": 39.7, "cpt": 50.6}, "PaST (1 round)": {"single": 50.8, "cpt": 58.9},
                 "PaST (2 rounds)": {"single": 56.9, "cpt": 58.7}}
+
+
+class ContainedReward:
+    """SQuAD's optional RL reward: the strict metric `contains_gold` as a 0/1 score, a deterministic stand-in for
+    the paper's binary judge, which accepts extra words as long as the gold answer is conveyed (token F1 pays a
+    shorter answer whether or not it holds the gold one). Evaluation keeps the params' judge."""
+
+    name = "contains"
+
+    def score(self, question: str, gold: str, pred: str) -> float:
+        return contains_gold(gold, pred)
+
+    def describe(self) -> dict:
+        return {"judge": self.name, "metric": "first answer line contains the normalised gold answer"}
 
 
 def past_label(k: int) -> str:
@@ -238,8 +255,10 @@ class Squad:
         return [SFTPhase(f"{regime}/{variant}", [{"text": d} for d in docs], spec)]
 
     def rl_task(self, engine: Engine, domain: Domain) -> RLTask:
-        """Closed-book questions of the domain (D.4.2 prompt); reward = the judge's score of the answer."""
-        return closed_book_task(questions_of(domain.data["passages"]), QA_PROMPT, engine.judge, engine.seed,
+        """Closed-book questions of the domain (D.4.2 prompt); reward = the judge's score of the answer, or with
+        `rl_reward: contains` whether its first line holds the gold answer (`ContainedReward`)."""
+        judge = engine.judge if engine.p.rl_reward == "judge" else ContainedReward()
+        return closed_book_task(questions_of(domain.data["passages"]), QA_PROMPT, judge, engine.seed,
                                 engine.p.rl_prompts)
 
     def gate_unit(self, engine: Engine, domain: Domain) -> Domain | None:
