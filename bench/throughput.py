@@ -61,6 +61,21 @@ def roofline(repeats: int) -> dict:
     return out
 
 
+def prompt_batch(tok, questions, b: int):
+    return tok([chat_text(tok, q) for q in questions[:b]], return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def kit_decode(decoder, tok, batch, n: int):
+    return decoder.generate(batch["input_ids"], batch["attention_mask"], n, eos_token_id=[],
+                            pad_token_id=tok.pad_token_id)
+
+
+def decode_times(fn, repeats: int) -> tuple[float, float]:
+    """(prefill seconds, seconds a step) of `fn(n)`, which decodes n tokens: 33 tokens less the prefill, over 32."""
+    prefill = best(lambda: fn(1), repeats)
+    return prefill, (best(lambda: fn(33), repeats) - prefill) / 32
+
+
 def decode(model, tok, questions, repeats: int, peaks: dict) -> list[tuple]:
     rows = []
     layer_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
@@ -69,8 +84,7 @@ def decode(model, tok, questions, repeats: int, peaks: dict) -> list[tuple]:
         name = "bf16" if bf16 else "fp32"
         decoder = Decoder(model, cpu_bf16=bf16)
         for b in (1, 16, 64):
-            batch = tok([chat_text(tok, q) for q in questions[:b]], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
+            batch = prompt_batch(tok, questions, b)
 
             def hf(n, batch=batch, bf16=bf16):
                 with torch.no_grad(), autocast(bf16):
@@ -78,8 +92,7 @@ def decode(model, tok, questions, repeats: int, peaks: dict) -> list[tuple]:
                                    top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
 
             def kit(n, batch=batch, decoder=decoder):
-                decoder.generate(batch["input_ids"], batch["attention_mask"], n, eos_token_id=[],
-                                 pad_token_id=tok.pad_token_id)
+                kit_decode(decoder, tok, batch, n)
 
             flops = 2 * b * (layer_params + head_params)
             weight_bytes = (layer_params + head_params) * (2 if bf16 else 4)
@@ -87,8 +100,7 @@ def decode(model, tok, questions, repeats: int, peaks: dict) -> list[tuple]:
             bound = max(flops / rate / 1e9, weight_bytes / peaks["GB/s"] / 1e9)
             for method, fn in (("HF generate", hf), ("kit decoder", kit)):
                 fn(2)
-                prefill = best(lambda fn=fn: fn(1), repeats)
-                step = (best(lambda fn=fn: fn(33), repeats) - prefill) / 32
+                prefill, step = decode_times(fn, repeats)
                 rows.append((f"decode {name}, batch {b} ({batch['input_ids'].shape[1]}-token prompts)", method,
                              f"{prefill:.2f}", f"{step * 1000:.0f}", f"{b / step:.0f}", f"{bound / step:.0%}"))
                 print(rows[-1], flush=True)
@@ -104,25 +116,18 @@ def compiled(model, tok, questions, repeats: int) -> list[tuple]:
     for bf16 in (False, True):
         name = "bf16" if bf16 else "fp32"
         for b in (1, 16, 64):
-            batch = tok([chat_text(tok, q) for q in questions[:b]], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
+            batch = prompt_batch(tok, questions, b)
             eager, fast = Decoder(model, cpu_bf16=bf16), Decoder(model, cpu_bf16=bf16)
             fast._forward = torch.compile(fast._forward, dynamic=True)
 
-            def run(decoder, n, batch=batch):
-                return decoder.generate(batch["input_ids"], batch["attention_mask"], n, eos_token_id=[],
-                                        pad_token_id=tok.pad_token_id)
-
             t0 = time.perf_counter()
-            run(fast, 2)
+            kit_decode(fast, tok, batch, 2)
             compile_s = time.perf_counter() - t0
-            same = int((run(fast, 33) == run(eager, 33)).all(1).sum())
-            steps = {}
-            for method, decoder in (("kit decoder", eager), ("kit decoder, torch.compile", fast)):
-                prefill = best(lambda d=decoder: run(d, 1), repeats)
-                steps[method] = (best(lambda d=decoder: run(d, 33), repeats) - prefill) / 32
-            rows.append((f"decode {name}, batch {b}", f"{compile_s:.0f}", f"{steps['kit decoder'] * 1000:.0f}",
-                         f"{steps['kit decoder, torch.compile'] * 1000:.0f}", f"{same} of {b}"))
+            same = int((kit_decode(fast, tok, batch, 33) == kit_decode(eager, tok, batch, 33)).all(1).sum())
+            eager_step, fast_step = [decode_times(lambda n, d=d, x=batch: kit_decode(d, tok, x, n), repeats)[1]
+                                     for d in (eager, fast)]
+            rows.append((f"decode {name}, batch {b}", f"{compile_s:.0f}", f"{eager_step * 1000:.0f}",
+                         f"{fast_step * 1000:.0f}", f"{same} of {b}"))
             print(rows[-1], flush=True)
     return rows
 
