@@ -48,22 +48,20 @@ def test_every_question_an_rl_prompt_leaves_no_gate_and_says_so():
 def test_squads_rl_reward_is_the_judge_or_the_gold_answer_contained():
     bench = Squad()
     domain = bench.source_rounds(SquadParams())[0]
+    f1_task, task = (bench.rl_task(SimpleNamespace(seed=0, p=SquadParams(rl_reward=r), judge=TokenF1Judge()), domain)
+                     for r in ("judge", "contains"))
+    prompt, gold, question = task.prompts[0], task.columns["gold"][0], task.columns["question"][0]
 
-    def rewards(rl_reward, answers):  # each answer to the task's first question
-        task = bench.rl_task(SimpleNamespace(seed=0, p=SquadParams(rl_reward=rl_reward), judge=TokenF1Judge()), domain)
+    def rewards(t, answers):  # each answer to the task's first question
         n = len(answers)
-        gold, question = task.columns["gold"][0], task.columns["question"][0]
-        return task.reward_funcs[0]([task.prompts[0]] * n, answers, gold=[gold] * n, question=[question] * n), task
+        return t.reward_funcs[0]([prompt] * n, answers, gold=[gold] * n, question=[question] * n)
 
-    gold = bench.rl_task(SimpleNamespace(seed=0, p=SquadParams(), judge=TokenF1Judge()), domain).columns["gold"][0]
     long_right = f"Many would say, after thinking it over at length, {gold}"
-    f1, f1_task = rewards("judge", [long_right, gold])
-    contained, task = rewards("contains", [long_right, gold, "no idea"])
+    f1, contained = rewards(f1_task, [long_right, gold]), rewards(task, [long_right, gold, "no idea"])
     assert contained == [1.0, 1.0, 0.0] and f1[0] < f1[1] == 1.0  # token F1 docks the long right answer
     assert task.describe["reward"]["judge"] == "contains" != f1_task.describe["reward"]["judge"]  # keys the stage
     with pytest.raises(ValueError, match="rl_reward"):
         SquadParams(rl_reward="f1")
-
 
 class HeldOutToy(Toy):
     """The toy benchmark with a held-out unit of its own, and a reward that never varies."""
