@@ -104,6 +104,20 @@ def _reference(reference: bool):
             os.environ[REFERENCE_RUN] = before
 
 
+def execute(notebook: Path, out: Path, parameters: dict) -> None:
+    """Run one notebook with papermill from notebooks/. Where the OS has Unix sockets the kernel talks to
+    papermill over them rather than over localhost TCP ports, which any local user could connect to (and
+    which make ipykernel warn on every run that the traffic is plain text)."""
+    import papermill as pm
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+    pm.execute_notebook(str(notebook), str(out), cwd=str(ROOT / "notebooks"), parameters=parameters,
+                        progress_bar=False, config=config)
+
+
 def _execute(names: list[str], params: dict, label: str, out_dir: Path, reference: bool, log) -> list[Path]:
     """Run each notebook; the kit's progress reaches the console from the kernel itself (`console.say`), so the
     cells' other output stays in the executed copy. Ends with one summary: each notebook's time, where its results
@@ -120,8 +134,7 @@ def _execute(names: list[str], params: dict, label: str, out_dir: Path, referenc
         log(f"== {name} ({label} profile) -> results in {where}")
         out = out_dir / f"{name}.ipynb"
         try:
-            pm.execute_notebook(str(notebook_path(name)), str(out), cwd=str(ROOT / "notebooks"),
-                                parameters=params[name], progress_bar=False)
+            execute(notebook_path(name), out, params[name])
         except pm.PapermillExecutionError as e:
             raise RuntimeError(f"{name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                                f"(the executed notebook, with the traceback, is {out})") from None

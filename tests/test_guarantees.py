@@ -307,6 +307,22 @@ def test_a_misspelt_notebook_parameter_is_refused_before_any_work():
     assert collect("02_squad", {"In": shared, "rounds": 1, "excerpt_words": 50}).rounds == 1
 
 
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets")
+def test_a_notebooks_kernel_listens_on_no_tcp_port(tmp_path, capfd):
+    import nbformat
+
+    from pastkit.driver import execute
+
+    cell = ("import json; from ipykernel.connect import get_connection_info\n"
+            "print(json.loads(get_connection_info())['transport'])")
+    kernel = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)], metadata={"kernelspec": kernel})
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {})
+    assert nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs[0]["text"].strip() == "ipc"
+    assert "TCP" not in capfd.readouterr().err
+
 # ---- tracebacks instead of messages -------------------------------------------------------------------------
 
 def test_an_architectures_field_that_is_not_a_list_is_named(trio, tmp_path, capsys):
