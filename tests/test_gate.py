@@ -63,6 +63,7 @@ def test_squads_rl_reward_is_the_judge_or_the_gold_answer_contained():
     with pytest.raises(ValueError, match="rl_reward"):
         SquadParams(rl_reward="f1")
 
+
 class HeldOutToy(Toy):
     """The toy benchmark with a held-out unit of its own, and a reward that never varies."""
 

@@ -307,7 +307,6 @@ def test_a_misspelt_notebook_parameter_is_refused_before_any_work():
     assert collect("02_squad", {"In": shared, "rounds": 1, "excerpt_words": 50}).rounds == 1
 
 
-
 @pytest.mark.skipif(os.name != "posix", reason="Unix sockets")
 def test_a_notebooks_kernel_listens_on_no_tcp_port(tmp_path, capfd):
     import nbformat
@@ -322,6 +321,7 @@ def test_a_notebooks_kernel_listens_on_no_tcp_port(tmp_path, capfd):
     execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {})
     assert nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs[0]["text"].strip() == "ipc"
     assert "TCP" not in capfd.readouterr().err
+
 
 # ---- tracebacks instead of messages -------------------------------------------------------------------------
 
