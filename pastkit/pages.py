@@ -16,9 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from .outputs import RECORD_SUFFIX, atomic_output, sha256_file
-from .places import ROOT
+from .places import PAGES, ROOT
 
-PAGES = ROOT / "docs" / "results"
 MAX_ROWS = 40  # a longer CSV is shown in part on the page; the file has the rest
 
 

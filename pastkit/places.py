@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "figures"
+PAGES = ROOT / "docs" / "results"  # the results pages a reference run writes from figures/
 REFERENCE_RUN = "PASTKIT_REFERENCE_RUN"  # set by `pastkit run --reference` for the notebooks it executes
 
 
@@ -49,9 +50,10 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10)
-        # figures/ is left out: a reference run rewrites it, and that must not mark its own source as edited
+        # figures/ and the results pages are left out: a reference run rewrites them, and its first notebook's
+        # results must not mark the source of the notebooks after it as edited
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                f":(exclude){FIGURES.name}"],
+                                f":(exclude){FIGURES.relative_to(ROOT)}", f":(exclude){PAGES.relative_to(ROOT)}"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):

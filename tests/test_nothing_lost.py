@@ -348,7 +348,8 @@ def test_hub_ids_load_through_the_hub_or_say_it_is_unreachable(tiny_model, monke
 
 
 def test_provenance_commit_is_dirty_for_edited_source_not_for_rewritten_figures(tmp_path, monkeypatch):
-    """A reference run rewrites figures/; only an edit elsewhere marks the recorded commit "+dirty"."""
+    """A reference run rewrites figures/ and the results pages; only an edit elsewhere marks the recorded commit
+    "+dirty", so the second notebook of a run is not marked dirty by the first one's results."""
     from pastkit import places
 
     def git(*args):
@@ -356,13 +357,18 @@ def test_provenance_commit_is_dirty_for_edited_source_not_for_rewritten_figures(
 
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "table.csv").write_text("a\n")
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "02_squad.md").write_text("a\n")
     (tmp_path / "code.py").write_text("x = 1\n")
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
     monkeypatch.setattr(places, "ROOT", tmp_path)
+    monkeypatch.setattr(places, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(places, "PAGES", tmp_path / "docs" / "results")
     assert not places.git_commit().endswith("+dirty")
     (tmp_path / "figures" / "table.csv").write_text("b\n")
+    (tmp_path / "docs" / "results" / "02_squad.md").write_text("b\n")
     assert not places.git_commit().endswith("+dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert places.git_commit().endswith("+dirty")
